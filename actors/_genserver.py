@@ -1,0 +1,280 @@
+"""GenServer: OTP's client-server behaviour, and the call / cast / reply / stop protocol.
+
+A server is a process running `_serve`: it builds the user's GenServer instance, runs `init`
+and acknowledges the starter, then takes one message at a time from its mailbox and
+dispatches it to a callback. The wire format is OTP's, as plain tuples so it can later cross
+nodes unchanged: ``("$gen_call", (pid, ref), request)``, ``("$gen_cast", request)``,
+``("$gen_stop", reason)``. A caller monitors the server while it waits, and marks its ref
+as an alias (OTP 24's trick): `reply` delivers only while the caller still waits, so a reply
+that arrives after a timeout is dropped instead of polluting the caller's mailbox.
+
+Callback contract (all ``async``): ``init(*args, **kwargs)``, ``handle_call(request,
+caller)`` returning the reply or `NOREPLY`, ``handle_cast(request)``, ``handle_info(msg)``,
+``terminate(reason)``. ``raise nb.Stop(reason)`` in any callback stops the server: `terminate`
+runs, then the process exits with that reason. An exception does the same with the exception
+as the reason (and a crash report). An exit signal from the parent (the process that called
+`start_link`) to a server that traps exits also runs `terminate`, as OTP's behaviours do.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Final, TypeVar
+
+from . import _runtime as rt_mod
+from ._runtime import _check_timeout, _current, _me, _rt, demonitor, monitor, receive, send
+from ._types import CallError, Down, Exit, NoProc, Pid, Ref, StartError, Stop
+
+__all__ = ["NOREPLY", "GenServer", "call", "cast", "reply", "stop"]
+
+log = logging.getLogger("numbeam")
+
+S = TypeVar("S", bound="GenServer")
+
+Caller = tuple[Pid, Ref]
+
+
+class _NoReply:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "nb.NOREPLY"
+
+
+NOREPLY: Final = _NoReply()
+"""Return this from `handle_call` to reply later with `nb.reply(caller, value)`."""
+
+
+def _is_tagged(msg: Any, tag: str, size: int) -> bool:
+    return type(msg) is tuple and len(msg) == size and type(msg[0]) is str and msg[0] == tag
+
+
+def _same_reason(a: Any, b: Any) -> bool:
+    if a is b:
+        return True
+    return type(a) is type(b) and type(a) in (str, tuple, int) and a == b
+
+
+class GenServer:
+    """Base class of a generic server. Subclass it and override the callbacks you need.
+
+    Start one with ``await MyServer.start_link(*init_args, name=None, **init_kwargs)`` (linked
+    to the caller) or ``await MyServer.start(...)`` (not linked). Both wait until `init`
+    returns and give the new pid, or raise `nb.StartError` if `init` raised (the caller is not
+    killed by that failure). State lives on ``self``.
+    """
+
+    async def init(self, *args: Any, **kwargs: Any) -> None:
+        """Runs inside the new process before `start_link` returns. Default: takes no args."""
+        if args or kwargs:
+            raise TypeError(
+                f"{type(self).__name__} got start arguments {args!r} {kwargs!r} "
+                "but does not define init() to take them"
+            )
+
+    async def handle_call(self, request: Any, caller: Caller) -> Any:
+        """Answer ``nb.call(server, request)``: return the reply, or `NOREPLY`."""
+        raise NotImplementedError(
+            f"{type(self).__name__} received call {request!r} but defines no handle_call"
+        )
+
+    async def handle_cast(self, request: Any) -> None:
+        """Handle ``nb.cast(server, request)``."""
+        raise NotImplementedError(
+            f"{type(self).__name__} received cast {request!r} but defines no handle_cast"
+        )
+
+    async def handle_info(self, msg: Any) -> None:
+        """Handle any other message (Down, Exit, timers). Default: log it and go on."""
+        log.warning("%s %r received an unexpected message: %r", type(self).__name__, _pid(), msg)
+
+    async def terminate(self, reason: Any) -> None:
+        """Called when the server stops (Stop, a crash, `nb.stop`, or the parent's exit signal
+        while trapping exits). Default: nothing."""
+
+    @classmethod
+    async def start_link(cls: type[S], *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
+        """Start the server linked to the caller; wait for `init`. See the class docstring."""
+        return await _start(cls, args, kwargs, name, link=True)
+
+    @classmethod
+    async def start(cls: type[S], *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
+        """Start the server without a link; wait for `init`."""
+        return await _start(cls, args, kwargs, name, link=False)
+
+
+def _pid() -> Pid | None:
+    proc = _current.get(None)
+    return None if proc is None else proc.pid
+
+
+async def _start(
+    cls: type[GenServer], args: tuple[Any, ...], kwargs: dict[str, Any], name: Any, link: bool
+) -> Pid:
+    if not (isinstance(cls, type) and issubclass(cls, GenServer)):
+        raise TypeError(f"start_link needs a GenServer subclass, got {cls!r}")
+    me = _me(f"{cls.__name__}.start_link()")
+    rt = me.rt
+    if name is not None:
+        taken = rt._names.get(name) if type(name) is str else None
+        if taken is not None:
+            raise StartError(
+                ("already_started", taken.pid), f"the name {name!r} is already registered"
+            )
+    ack = Ref(rt.node)
+    proc = rt._spawn(_serve, (cls, args, kwargs, me.pid, ack), name, me if link else None)
+    mref = monitor(proc.pid)
+    msg = await receive(
+        lambda m: (_is_tagged(m, "$ack", 4) and m[1] == ack) or (type(m) is Down and m.ref == mref)
+    )
+    if type(msg) is Down:
+        raise StartError(msg.reason, f"{cls.__name__} exited during init: {msg.reason!r}")
+    if msg[2]:
+        demonitor(mref, flush=True)
+        return proc.pid
+    # init failed: the server unlinked itself and exits; wait for it to be gone (OTP 26).
+    await receive(lambda m: type(m) is Down and m.ref == mref)
+    reason = msg[3]
+    err = StartError(reason, f"{cls.__name__}.init failed: {reason!r}")
+    if isinstance(reason, BaseException):
+        raise err from reason
+    raise err
+
+
+async def _serve(
+    cls: type[GenServer], args: tuple[Any, ...], kwargs: dict[str, Any], parent: Pid, ack: Ref
+) -> None:
+    me = _current.get()
+    try:
+        server = cls()
+        await server.init(*args, **kwargs)
+    except Exception as e:
+        _init_failed(me, parent, ack, e)
+        raise
+    except Stop as e:
+        _init_failed(me, parent, ack, e.reason)
+        raise
+    send(parent, ("$ack", ack, True, None))
+    try:
+        while True:
+            msg = await receive()
+            if type(msg) is tuple and msg and type(msg[0]) is str:
+                tag = msg[0]
+                if tag == "$gen_call" and len(msg) == 3:
+                    result = await server.handle_call(msg[2], msg[1])
+                    if result is not NOREPLY:
+                        reply(msg[1], result)
+                    continue
+                if tag == "$gen_cast" and len(msg) == 2:
+                    await server.handle_cast(msg[1])
+                    continue
+                if tag == "$gen_stop" and len(msg) == 2:
+                    raise Stop(msg[1])
+            elif type(msg) is Exit and me.trap and msg.pid == parent:
+                raise Stop(msg.reason)
+            await server.handle_info(msg)
+    except Stop as e:
+        await server.terminate(e.reason)
+        raise
+    except Exception as e:
+        await server.terminate(e)
+        raise
+
+
+def _init_failed(me: Any, parent: Pid, ack: Ref, reason: Any) -> None:
+    rt_mod.unlink(parent)
+    send(parent, ("$ack", ack, False, reason))
+
+
+def reply(caller: Caller, value: Any) -> None:
+    """Reply to a call from inside a server; `caller` is what `handle_call` was given.
+
+    A reply to a caller that stopped waiting (timed out, or died) is dropped.
+    """
+    try:
+        pid, ref = caller
+    except (TypeError, ValueError):
+        raise TypeError(f"nb.reply() takes the caller handle_call was given, got {caller!r}")
+    rt = _rt()
+    proc = rt._lookup(pid)
+    if proc is not None and proc.aliases and ref in proc.aliases:
+        rt._deliver(proc, (ref, value))
+
+
+def _resolve_alive(dest: Any, what: str) -> Any:
+    me = _me(what)
+    proc = me.rt._resolve(dest)
+    if proc is None:
+        raise NoProc(f"{what}: {dest!r} is not alive")
+    return me, proc
+
+
+async def call(dest: Pid | str | tuple[str, str], request: Any, timeout: float | None = 5.0) -> Any:
+    """Send `request` to a GenServer and wait for its reply.
+
+    Raises:
+        TimeoutError: no reply within `timeout` seconds (None waits for ever).
+        nb.NoProc: the server is not there.
+        nb.CallError: the server exited before replying (``.reason`` is why).
+    """
+    _check_timeout(timeout)
+    me, proc = _resolve_alive(dest, "nb.call()")
+    if proc is me:
+        raise RuntimeError(f"nb.call(): process {me.pid!r} called itself, which would deadlock")
+    ref = monitor(proc.pid)
+    if me.aliases is None:
+        me.aliases = set()
+    me.aliases.add(ref)
+    me.rt._deliver(proc, ("$gen_call", (me.pid, ref), request))
+    try:
+        msg = await receive(
+            lambda m: (type(m) is tuple and len(m) == 2 and type(m[0]) is Ref and m[0] == ref)
+            or (type(m) is Down and m.ref == ref),
+            timeout=timeout,
+        )
+    except TimeoutError:
+        raise TimeoutError(f"nb.call({dest!r}, ...) got no reply within {timeout} s") from None
+    finally:
+        me.aliases.discard(ref)
+        demonitor(ref, flush=True)
+    if type(msg) is Down:
+        if _same_reason(msg.reason, "noproc"):
+            raise NoProc(f"nb.call(): {dest!r} is not alive")
+        raise CallError(msg.reason, f"nb.call({dest!r}, ...): the server exited: {msg.reason!r}")
+    return msg[1]
+
+
+def cast(dest: Pid | str | tuple[str, str], request: Any) -> None:
+    """Send `request` to a GenServer without waiting. Never fails, as in OTP."""
+    try:
+        send(dest, ("$gen_cast", request))
+    except NoProc:
+        pass
+
+
+async def stop(
+    dest: Pid | str | tuple[str, str], reason: Any = "normal", timeout: float | None = 5.0
+) -> None:
+    """Stop a GenServer with `reason` and wait until it has exited (its `terminate` ran).
+
+    Raises:
+        nb.NoProc: the server is not there.
+        TimeoutError: it did not exit within `timeout`.
+        nb.CallError: it exited with another reason than `reason`.
+    """
+    _check_timeout(timeout)
+    me, proc = _resolve_alive(dest, "nb.stop()")
+    if proc is me:
+        raise RuntimeError("nb.stop(): a process cannot stop itself this way; raise nb.Stop")
+    ref = monitor(proc.pid)
+    me.rt._deliver(proc, ("$gen_stop", reason))
+    try:
+        down = await receive(lambda m: type(m) is Down and m.ref == ref, timeout=timeout)
+    except TimeoutError:
+        demonitor(ref, flush=True)
+        raise TimeoutError(f"nb.stop({dest!r}): still alive after {timeout} s") from None
+    if _same_reason(down.reason, "noproc"):
+        raise NoProc(f"nb.stop(): {dest!r} is not alive")
+    if not _same_reason(down.reason, reason):
+        raise CallError(down.reason, f"nb.stop({dest!r}): it exited with {down.reason!r}")
+

@@ -1,0 +1,992 @@
+"""The node's scheduler: processes, mailboxes, links, monitors, exit signals, names and timers.
+
+A process is an ordinary asyncio Task running the user's coroutine in its own context, where a
+context variable names the process; so any asyncio awaitable works inside it, and killing it
+is cancelling its task. What makes message passing fast is how a process parked in `receive`
+is woken. It awaits a `_Wakeup`, a duck-typed asyncio future (the `_asyncio_future_blocking`
+protocol Task already honours), which hands the runtime the task's wake-up callback. `send`
+appends to the target's mailbox and, if the target is parked, pushes that callback on the
+runtime's run queue; the run queue is drained in one event-loop callback, so a ping-pong
+between two processes runs back and forth inside that callback instead of paying one loop
+iteration per message. The drain stops after `run_queue_budget` wake-ups (BEAM's reductions)
+so I/O still gets its turn. Everything else (first steps, asyncio sleeps, sockets) goes
+through the loop as usual.
+
+Messages stay in the mailbox until `receive` takes them, so a receive that is cancelled after
+being woken leaves the mailbox exactly as it was. Exit handling runs from the task's done
+callback: it unregisters the process, sends exit signals along its links and `Down` messages
+to its monitors, and cancels its timers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import inspect
+import itertools
+import logging
+import types
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+from ._options import NodeOptions
+from ._types import LOCAL_NODE, Down, Exit, NoProc, Pid, Ref, Stop, TimerRef
+
+__all__ = [
+    "Runtime",
+    "cancel_timer",
+    "demonitor",
+    "exit",
+    "is_alive",
+    "link",
+    "monitor",
+    "node",
+    "process_info",
+    "processes",
+    "receive",
+    "register",
+    "registered",
+    "run",
+    "self",
+    "send",
+    "send_after",
+    "spawn",
+    "spawn_link",
+    "spawn_monitor",
+    "trap_exit",
+    "unlink",
+    "unregister",
+    "whereis",
+]
+
+log = logging.getLogger("numbeam")
+
+T = TypeVar("T")
+Dest = Pid | str | tuple[str, str]
+Match = type | tuple[type, ...] | Callable[[Any], bool] | None
+
+_NO_RUNTIME = (
+    "no numbeam runtime is running: call this inside nb.run(main) or `async with nb.Runtime()`"
+)
+
+# The process whose code is running now. Each process task runs in its own context copy.
+_current: contextvars.ContextVar[Process] = contextvars.ContextVar("numbeam.process")
+# One node per OS process: the runtime that is running, if any.
+_runtime: Runtime | None = None
+# Distinguishes successive runtimes in one OS process, so an old pid never names a new process.
+_creations = itertools.count(1)
+
+_PENDING, _WOKEN, _CANCELLED, _EXPIRED = 0, 1, 2, 3
+
+
+def _is_str(reason: Any, value: str) -> bool:
+    return type(reason) is str and reason == value
+
+
+class _Wakeup:
+    """What a process parked in `receive` awaits: a minimal duck-typed asyncio future.
+
+    Task.__step sees `_asyncio_future_blocking`, reads `_loop`, registers its wake-up with
+    `add_done_callback`, and on wake-up calls `result()`. We keep that callback and run it from
+    the runtime's run queue instead of `loop.call_soon`. One instance per process, reused.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_callback", "_context", "_loop", "_rt", "state")
+
+    def __init__(self, rt: Runtime) -> None:
+        self._asyncio_future_blocking = False
+        self._loop = rt._loop
+        self._rt = rt
+        self._callback: Any = None
+        self._context: contextvars.Context | None = None
+        self.state = _PENDING
+
+    def add_done_callback(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
+        self._callback = fn
+        self._context = context if context is not None else contextvars.copy_context()
+
+    def result(self) -> None:
+        if self.state == _CANCELLED:
+            raise asyncio.CancelledError
+
+    def cancel(self, msg: Any = None) -> bool:
+        if self.state != _PENDING:
+            return False
+        self.state = _CANCELLED
+        self._rt._make_ready(self)
+        return True
+
+    def cancelled(self) -> bool:
+        return self.state == _CANCELLED
+
+    def done(self) -> bool:
+        return self.state != _PENDING
+
+    def expire(self) -> None:
+        if self.state == _PENDING:
+            self.state = _EXPIRED
+            self._rt._make_ready(self)
+
+    def __await__(self) -> Any:
+        if self.state == _PENDING:
+            self._asyncio_future_blocking = True
+            yield self
+
+
+class Process:
+    """The runtime's record of one process. Users hold its `Pid`, never this object."""
+
+    __slots__ = (
+        "aliases",
+        "fn",
+        "kill_reason",
+        "links",
+        "mailbox",
+        "monitored_by",
+        "monitors",
+        "name",
+        "pid",
+        "rt",
+        "task",
+        "timers",
+        "trap",
+        "waiter",
+        "wakeup",
+    )
+
+    def __init__(self, rt: Runtime, pid: Pid, fn: Any) -> None:
+        self.rt = rt
+        self.pid = pid
+        self.fn = fn
+        self.task: asyncio.Task[Any] | None = None
+        self.mailbox: deque[Any] | None = None  # allocated on the first message
+        self.waiter: _Wakeup | None = None  # set while parked in receive
+        self.wakeup: _Wakeup | None = None  # the reusable waiter, allocated on first wait
+        self.links: set[Pid] | None = None
+        self.monitors: dict[Ref, Any] | None = None  # refs this process monitors -> target
+        self.monitored_by: dict[Ref, Pid] | None = None  # refs watching this process -> watcher
+        self.trap = False
+        self.name: str | None = None
+        self.kill_reason: Any = None
+        self.timers: set[TimerRef] | None = None
+        self.aliases: set[Ref] | None = None  # refs whose replies are still wanted (nb.call)
+
+    def _on_done(self, task: asyncio.Task[Any]) -> None:
+        if task.cancelled():
+            reason = self.kill_reason if self.kill_reason is not None else "killed"
+        else:
+            exc = task.exception()
+            if exc is None:
+                reason = self.kill_reason if self.kill_reason is not None else "normal"
+            elif isinstance(exc, Stop):
+                reason = exc.reason
+            else:
+                reason = exc
+                self.rt._crash_report(self, exc)
+        self.rt._exit(self, reason)
+
+
+def _is_async_fn(fn: Any) -> bool:
+    if type(fn) is types.FunctionType:
+        return bool(fn.__code__.co_flags & inspect.CO_COROUTINE)
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
+        getattr(fn, "__call__", None)  # noqa: B004 - an object with an async __call__
+    )
+
+
+def _check_async_fn(fn: Any, what: str) -> None:
+    if not _is_async_fn(fn):
+        raise TypeError(
+            f"{what} needs an async function (async def), got {fn!r}; "
+            "wrap blocking work in `await asyncio.to_thread(...)` inside an async function"
+        )
+
+
+def _check_timeout(timeout: Any, what: str = "timeout") -> None:
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"{what} must be a number of seconds or None, got {timeout!r}")
+    if timeout < 0 or timeout != timeout:
+        raise ValueError(f"{what} must be >= 0 seconds (or None to wait forever), got {timeout!r}")
+
+
+class Runtime:
+    """A node embedded in the running asyncio loop: ``async with nb.Runtime() as rt:``.
+
+    Inside the block the enclosing task is a process too (like Erlang's shell): it has a pid
+    (`rt.pid`) and a mailbox. Leaving the block stops the node: the shell process exits with
+    ``"shutdown"`` (so supervisors it started with `start_link` stop their children in order),
+    then every process still alive after `shutdown_timeout` seconds is killed, and the block
+    returns once every process task has finished and every timer is cancelled. If the shell
+    process itself was killed by an exit signal, the block raises ``nb.Stop(reason)``.
+    """
+
+    def __init__(self, **options: Any) -> None:
+        self.options = NodeOptions.resolve(**options)
+        self.node = LOCAL_NODE
+        self.creation = next(_creations)
+        self._budget = self.options.run_queue_budget
+        self._ids = itertools.count(1)
+        self._procs: dict[int, Process] = {}
+        self._names: dict[str, Process] = {}
+        self._timers: dict[TimerRef, asyncio.TimerHandle] = {}
+        self._ready: deque[_Wakeup] = deque()
+        self._drain_scheduled = False
+        self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
+        self._root: Process | None = None
+        self._token: contextvars.Token[Process] | None = None
+        self._exited = asyncio.Event()
+        self._stopping = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def pid(self) -> Pid:
+        """The pid of the shell process (the task that entered the runtime)."""
+        if self._root is None:
+            raise RuntimeError("the runtime is not running")
+        return self._root.pid
+
+    async def __aenter__(self) -> Runtime:
+        global _runtime
+        if _runtime is not None:
+            raise RuntimeError(
+                "a numbeam runtime is already running in this OS process (one node per process)"
+            )
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("nb.Runtime must be entered from an asyncio task")
+        self._loop = asyncio.get_running_loop()
+        root = Process(self, Pid(self.node, next(self._ids), self.creation), self.__aenter__)
+        root.task = task
+        self._procs[root.pid.id] = root
+        self._root = root
+        self._token = _current.set(root)
+        _runtime = self
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+        global _runtime
+        root = self._root
+        assert root is not None and root.task is not None and self._token is not None
+        killed = root.kill_reason
+        if killed is not None:
+            # The shell was killed by an exit signal: take back the cancellation we sent it
+            # (delivering it first if the block ended before it landed).
+            if exc_type is None or not issubclass(exc_type, asyncio.CancelledError):
+                try:
+                    await asyncio.sleep(0)
+                except asyncio.CancelledError:
+                    pass
+            root.task.uncancel()
+        try:
+            await self._shutdown(root, "shutdown" if killed is None else killed)
+        finally:
+            _current.reset(self._token)
+            _runtime = None
+        if killed is not None:
+            if isinstance(killed, BaseException):
+                raise Stop(killed) from killed
+            raise Stop(killed)
+        return False
+
+    async def _shutdown(self, root: Process, reason: Any) -> None:
+        self._stopping = True
+        children = list(root.links or ())
+        if self._lookup(root.pid) is root:
+            self._exit(root, reason)
+        deadline = self._loop.time() + self.options.shutdown_timeout
+        # Children of the shell got "shutdown": the ones that trap exits (supervisors) now
+        # stop their own children in order. Give them until the deadline.
+        while any(p.id in self._procs for p in children):
+            left = deadline - self._loop.time()
+            if left <= 0:
+                break
+            self._exited.clear()
+            try:
+                await asyncio.wait_for(self._exited.wait(), left)
+            except TimeoutError:
+                break
+        # Whatever is left is killed; a process may spawn another while it dies, so repeat.
+        for _ in range(10):
+            if not self._procs:
+                break
+            for proc in list(self._procs.values()):
+                self._kill(proc, "killed")
+            tasks = [p.task for p in self._procs.values() if p.task is not None]
+            _, pending = await asyncio.wait(tasks, timeout=self.options.shutdown_timeout)
+            await asyncio.sleep(0)  # the done callbacks of the last tasks
+            if pending:
+                for t in pending:
+                    log.warning("process task %r ignored being killed at shutdown", t)
+                break
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        self._ready.clear()
+
+    def statistics(self) -> dict[str, int]:
+        """Counts for debugging: processes, registered names, timers, ready queue length."""
+        return {
+            "processes": len(self._procs),
+            "registered": len(self._names),
+            "timers": len(self._timers),
+            "run_queue": len(self._ready),
+        }
+
+    # -- scheduling ------------------------------------------------------------------------
+
+    def _make_ready(self, w: _Wakeup) -> None:
+        self._ready.append(w)
+        if not self._drain_scheduled:
+            self._drain_scheduled = True
+            self._loop.call_soon(self._drain)
+
+    def _drain(self) -> None:
+        ready = self._ready
+        pop = ready.popleft
+        budget = self._budget
+        try:
+            while ready and budget:
+                w = pop()
+                budget -= 1
+                w._context.run(w._callback, w)  # type: ignore[union-attr]
+        finally:
+            if ready:
+                self._loop.call_soon(self._drain)
+            else:
+                self._drain_scheduled = False
+
+    # -- processes ---------------------------------------------------------------------------
+
+    def _spawn(
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        args: tuple[Any, ...],
+        name: str | None,
+        link_to: Process | None,
+    ) -> Process:
+        if name is not None:
+            self._check_name_free(name)
+        pid = Pid(self.node, next(self._ids), self.creation)
+        proc = Process(self, pid, fn)
+        if link_to is not None:
+            proc.links = {link_to.pid}
+            if link_to.links is None:
+                link_to.links = {pid}
+            else:
+                link_to.links.add(pid)
+        ctx = contextvars.copy_context()
+        ctx.run(_current.set, proc)
+        coro = fn(*args)
+        task = self._loop.create_task(coro, context=ctx)  # type: ignore[arg-type]
+        task.add_done_callback(proc._on_done)
+        proc.task = task
+        self._procs[pid.id] = proc
+        if name is not None:
+            proc.name = name
+            self._names[name] = proc
+        return proc
+
+    def _lookup(self, pid: Pid) -> Process | None:
+        proc = self._procs.get(pid.id)
+        if proc is None or (proc.pid is not pid and proc.pid != pid):
+            return None
+        return proc
+
+    def _resolve(self, dest: Any) -> Process | None:
+        """Resolve a destination to a live local process; NoProc for an unregistered name."""
+        if type(dest) is Pid:
+            return self._lookup(dest)
+        if type(dest) is str:
+            proc = self._names.get(dest)
+            if proc is None:
+                raise NoProc(f"no process is registered as {dest!r}")
+            return proc
+        if type(dest) is tuple and len(dest) == 2 and type(dest[0]) is str:
+            name, node_name = dest
+            if node_name != self.node:
+                raise NoProc(f"cannot reach {name!r} on node {node_name!r}: not connected")
+            return self._resolve(name)
+        raise TypeError(
+            "a destination must be a Pid, a registered name (str) or a (name, node) tuple, "
+            f"got {dest!r}"
+        )
+
+    def _deliver(self, proc: Process, msg: Any) -> None:
+        mb = proc.mailbox
+        if mb is None:
+            proc.mailbox = mb = deque()
+        mb.append(msg)
+        w = proc.waiter
+        if w is not None:
+            proc.waiter = None
+            if w.state == _PENDING:
+                w.state = _WOKEN
+                self._ready.append(w)
+                if not self._drain_scheduled:
+                    self._drain_scheduled = True
+                    self._loop.call_soon(self._drain)
+
+    def _kill(self, proc: Process, reason: Any) -> None:
+        if proc.kill_reason is not None:
+            return  # already dying; the first reason wins
+        proc.kill_reason = reason
+        if proc.task is not None:
+            proc.task.cancel()
+
+    def _signal(self, target: Process, sender: Pid, reason: Any) -> None:
+        """An exit signal from `sender` arrives at `target` (links, and `nb.exit`)."""
+        if target.trap:
+            self._deliver(target, Exit(sender, reason))
+        elif not _is_str(reason, "normal"):
+            self._kill(target, reason)
+
+    def _exit(self, proc: Process, reason: Any) -> None:
+        pid = proc.pid
+        if self._procs.get(pid.id) is proc:
+            del self._procs[pid.id]
+        if proc.name is not None:
+            if self._names.get(proc.name) is proc:
+                del self._names[proc.name]
+        if proc.timers:
+            for tref in proc.timers:
+                handle = self._timers.pop(tref, None)
+                if handle is not None:
+                    handle.cancel()
+        links, proc.links = proc.links, None
+        if links:
+            for other in links:
+                target = self._lookup(other)
+                if target is not None:
+                    if target.links is not None:
+                        target.links.discard(pid)
+                    self._signal(target, pid, reason)
+        watchers, proc.monitored_by = proc.monitored_by, None
+        if watchers:
+            for ref, watcher in watchers.items():
+                w = self._lookup(watcher)
+                if w is not None:
+                    if w.monitors is not None:
+                        w.monitors.pop(ref, None)
+                    self._deliver(w, Down(ref, pid, reason))
+        held, proc.monitors = proc.monitors, None
+        if held:
+            for ref, target_pid in held.items():
+                if type(target_pid) is Pid:
+                    t = self._lookup(target_pid)
+                    if t is not None and t.monitored_by is not None:
+                        t.monitored_by.pop(ref, None)
+        proc.mailbox = None
+        proc.waiter = None
+        if self._stopping:
+            self._exited.set()
+
+    def _crash_report(self, proc: Process, exc: BaseException) -> None:
+        fn = getattr(proc.fn, "__qualname__", repr(proc.fn))
+        log.error(
+            "process %r (%s%s) crashed: %r",
+            proc.pid,
+            fn,
+            f", registered as {proc.name!r}" if proc.name else "",
+            exc,
+            exc_info=(type(exc), exc, exc.__traceback__),
+            extra={"numbeam_pid": proc.pid, "numbeam_name": proc.name, "numbeam_reason": exc},
+        )
+
+    # -- names and timers --------------------------------------------------------------------
+
+    def _check_name_free(self, name: Any) -> None:
+        if type(name) is not str or not name:
+            raise TypeError(f"a registered name must be a non-empty str, got {name!r}")
+        if name in self._names:
+            raise ValueError(
+                f"the name {name!r} is already registered to {self._names[name].pid!r}"
+            )
+
+    def _fire_timer(self, tref: TimerRef, dest: Any, msg: Any) -> None:
+        self._timers.pop(tref, None)
+        if type(dest) is Pid:
+            proc = self._lookup(dest)
+            if proc is not None and proc.timers is not None:
+                proc.timers.discard(tref)
+        else:
+            proc = self._names.get(dest)
+        if proc is not None:
+            self._deliver(proc, msg)
+
+
+# ---- the public functions ---------------------------------------------------------------------
+
+
+def _rt() -> Runtime:
+    rt = _runtime
+    if rt is None:
+        raise RuntimeError(_NO_RUNTIME)
+    return rt
+
+
+def _me(what: str) -> Process:
+    proc = _current.get(None)
+    if proc is None or proc.rt is not _runtime:
+        if _runtime is None:
+            raise RuntimeError(f"{what}: {_NO_RUNTIME}")
+        raise RuntimeError(
+            f"{what} must be called from inside a process (spawned with nb.spawn, or the task "
+            "that entered nb.Runtime)"
+        )
+    return proc
+
+
+def self() -> Pid:
+    """Return the pid of the calling process."""
+    return _me("nb.self()").pid
+
+
+def node() -> str:
+    """Return this node's name (``"nonode@nohost"`` for a local runtime)."""
+    return _rt().node
+
+
+def spawn(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None) -> Pid:
+    """Start ``fn(*args)`` (an async function) as a new process and return its pid.
+
+    Args:
+        fn: the async function the process runs; its return ends the process with "normal".
+        *args: its arguments, passed by reference (treat messages and arguments as immutable).
+        name: register the new process under this name, atomically.
+    """
+    rt = _rt()
+    _check_async_fn(fn, "nb.spawn()")
+    return rt._spawn(fn, args, name, None).pid
+
+
+def spawn_link(
+    fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
+) -> Pid:
+    """Spawn ``fn(*args)`` and link it to the calling process, atomically."""
+    rt = _rt()
+    me = _me("nb.spawn_link()")
+    _check_async_fn(fn, "nb.spawn_link()")
+    return rt._spawn(fn, args, name, me).pid
+
+
+def spawn_monitor(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> tuple[Pid, Ref]:
+    """Spawn ``fn(*args)`` and monitor it from the calling process, atomically."""
+    rt = _rt()
+    me = _me("nb.spawn_monitor()")
+    _check_async_fn(fn, "nb.spawn_monitor()")
+    proc = rt._spawn(fn, args, None, None)
+    ref = Ref(rt.node)
+    proc.monitored_by = {ref: me.pid}
+    if me.monitors is None:
+        me.monitors = {}
+    me.monitors[ref] = proc.pid
+    return proc.pid, ref
+
+
+def send(dest: Dest, msg: Any) -> None:
+    """Send `msg` to `dest`: a Pid, a registered name, or ``(name, node)``.
+
+    Sending to a dead pid drops the message silently, as in Erlang; an unregistered name raises
+    `nb.NoProc`. Within a node the message is passed by reference: treat it as immutable.
+    """
+    rt = _runtime
+    if rt is None:
+        raise RuntimeError(_NO_RUNTIME)
+    if type(dest) is Pid:
+        proc = rt._procs.get(dest.id)
+        if proc is None or (proc.pid is not dest and proc.pid != dest):
+            return
+    else:
+        proc = rt._resolve(dest)
+        if proc is None:
+            return
+    # The hot path, inlined from Runtime._deliver.
+    mb = proc.mailbox
+    if mb is None:
+        proc.mailbox = mb = deque()
+    mb.append(msg)
+    w = proc.waiter
+    if w is not None:
+        proc.waiter = None
+        if w.state == _PENDING:
+            w.state = _WOKEN
+            rt._ready.append(w)
+            if not rt._drain_scheduled:
+                rt._drain_scheduled = True
+                rt._loop.call_soon(rt._drain)
+
+
+def _matcher(match: Match) -> Callable[[Any], bool]:
+    if isinstance(match, type):
+        return lambda m: isinstance(m, match)
+    if isinstance(match, tuple) and match and all(isinstance(t, type) for t in match):
+        return lambda m: isinstance(m, match)
+    if callable(match):
+        return match
+    raise TypeError(
+        f"receive(match=...) takes None, a type, a tuple of types or a predicate, got {match!r}"
+    )
+
+
+async def receive(match: Match = None, *, timeout: float | None = None) -> Any:
+    """Return the next message in the calling process's mailbox, waiting for one if needed.
+
+    Args:
+        match: None for the oldest message; a type or tuple of types for the oldest message of
+            that type; or a predicate. Messages that do not match stay in the mailbox, in order
+            (selective receive).
+        timeout: seconds to wait, None for ever, 0 to only look at what is already there.
+
+    Raises:
+        TimeoutError: nothing matching arrived within `timeout`.
+
+    Cancellation-safe: a receive that is cancelled (the process is killed, or an enclosing
+    ``asyncio.timeout`` fires) raises with the mailbox unchanged; it never eats a message.
+    Only the process's own task may receive from its mailbox.
+    """
+    proc = _current.get(None)
+    if proc is None or proc.rt is not _runtime:
+        _me("nb.receive()")
+    assert proc is not None
+    if match is None and timeout is None:  # the hot path
+        mb = proc.mailbox
+        if mb:
+            return mb.popleft()
+        w = proc.wakeup
+        if w is None:
+            w = proc.wakeup = _Wakeup(proc.rt)
+        elif proc.waiter is not None:
+            _concurrent_receive(proc)
+        w.state = _PENDING
+        proc.waiter = w
+        await w
+        return proc.mailbox.popleft()  # type: ignore[union-attr]
+    return await _receive_slow(proc, match, timeout)
+
+
+def _concurrent_receive(proc: Process) -> None:
+    raise RuntimeError(
+        f"two tasks are receiving for process {proc.pid!r} at once; only the process's own "
+        "task may call nb.receive()"
+    )
+
+
+async def _receive_slow(proc: Process, match: Match, timeout: float | None) -> Any:
+    _check_timeout(timeout)
+    pred = None if match is None else _matcher(match)
+    start = 0
+    mb = proc.mailbox
+    if mb:
+        if pred is None:
+            return mb.popleft()
+        for i, m in enumerate(mb):
+            if pred(m):
+                del mb[i]
+                return m
+        start = len(mb)
+    if timeout == 0:
+        raise TimeoutError("receive(timeout=0): no matching message in the mailbox")
+    rt = proc.rt
+    w = proc.wakeup
+    if w is None:
+        w = proc.wakeup = _Wakeup(rt)
+    elif proc.waiter is not None:
+        _concurrent_receive(proc)
+    handle = None if timeout is None else rt._loop.call_later(timeout, w.expire)
+    try:
+        while True:
+            w.state = _PENDING
+            proc.waiter = w
+            await w
+            expired = w.state == _EXPIRED
+            mb = proc.mailbox
+            if mb:
+                n = len(mb)
+                if pred is None:
+                    return mb.popleft()
+                for i in range(start, n):
+                    m = mb[i]
+                    if pred(m):
+                        del mb[i]
+                        return m
+                start = n
+            if expired:
+                raise TimeoutError(f"receive: no matching message within {timeout} s")
+    finally:
+        proc.waiter = None
+        if handle is not None:
+            handle.cancel()
+
+
+def link(pid: Pid) -> None:
+    """Link the calling process and `pid` (bidirectional).
+
+    Linking to a dead process sends the caller an exit signal ``"noproc"``: a trapping caller
+    gets ``Exit(pid, "noproc")``, any other caller gets `nb.NoProc` raised here.
+    """
+    me = _me("nb.link()")
+    if type(pid) is not Pid:
+        raise TypeError(f"nb.link() takes a Pid, got {pid!r}")
+    if pid == me.pid:
+        return
+    target = me.rt._lookup(pid)
+    if target is None:
+        if me.trap:
+            me.rt._deliver(me, Exit(pid, "noproc"))
+            return
+        raise NoProc(f"cannot link to {pid!r}: no such process")
+    if me.links is None:
+        me.links = set()
+    me.links.add(pid)
+    if target.links is None:
+        target.links = set()
+    target.links.add(me.pid)
+
+
+def unlink(pid: Pid) -> None:
+    """Remove the link between the calling process and `pid`, if any."""
+    me = _me("nb.unlink()")
+    if type(pid) is not Pid:
+        raise TypeError(f"nb.unlink() takes a Pid, got {pid!r}")
+    if me.links:
+        me.links.discard(pid)
+    target = me.rt._lookup(pid)
+    if target is not None and target.links:
+        target.links.discard(me.pid)
+
+
+def monitor(target: Pid | str) -> Ref:
+    """Monitor `target` (a pid or a registered name) from the calling process.
+
+    When it exits the caller gets ``nb.Down(ref, pid, reason)``; if it is already gone, the
+    ``Down`` with reason ``"noproc"`` arrives at once.
+    """
+    me = _me("nb.monitor()")
+    rt = me.rt
+    ref = Ref(rt.node)
+    if type(target) is Pid:
+        proc = rt._lookup(target)
+    elif type(target) is str:
+        proc = rt._names.get(target)
+    else:
+        raise TypeError(f"nb.monitor() takes a Pid or a registered name, got {target!r}")
+    if proc is None:
+        rt._deliver(me, Down(ref, target, "noproc"))  # type: ignore[arg-type]
+        return ref
+    if proc.monitored_by is None:
+        proc.monitored_by = {}
+    proc.monitored_by[ref] = me.pid
+    if me.monitors is None:
+        me.monitors = {}
+    me.monitors[ref] = proc.pid
+    return ref
+
+
+def demonitor(ref: Ref, flush: bool = False) -> bool:
+    """Stop the monitor `ref`; with ``flush=True`` also drop its ``Down`` from the mailbox.
+
+    Returns True if the monitor was active, False if it had fired or was never there.
+    """
+    me = _me("nb.demonitor()")
+    if not isinstance(ref, Ref):
+        raise TypeError(f"nb.demonitor() takes the Ref that nb.monitor() returned, got {ref!r}")
+    target_pid = me.monitors.pop(ref, None) if me.monitors else None
+    if type(target_pid) is Pid:
+        target = me.rt._lookup(target_pid)
+        if target is not None and target.monitored_by:
+            target.monitored_by.pop(ref, None)
+    if flush and me.mailbox:
+        _flush(me, lambda m: type(m) is Down and m.ref == ref)
+    return target_pid is not None
+
+
+def _flush(proc: Process, pred: Callable[[Any], bool]) -> None:
+    mb = proc.mailbox
+    if mb and any(pred(m) for m in mb):
+        proc.mailbox = deque(m for m in mb if not pred(m))
+
+
+def exit(pid: Pid, reason: Any) -> None:  # noqa: A001 - Erlang's exit/2
+    """Send an exit signal with `reason` to `pid`.
+
+    ``"kill"`` cannot be trapped: the target dies with ``"killed"``. ``"normal"`` is ignored by
+    a target that does not trap exits. A trapping target gets ``nb.Exit(sender, reason)``.
+    Sent to the caller itself (not trapping) it ends the caller at once, like ``raise Stop``.
+    """
+    me = _me("nb.exit()")
+    if type(pid) is not Pid:
+        raise TypeError(f"nb.exit() takes a Pid, got {pid!r}")
+    rt = me.rt
+    kill = _is_str(reason, "kill")
+    if pid == me.pid:
+        if kill:
+            raise Stop("killed")
+        if me.trap:
+            rt._deliver(me, Exit(me.pid, reason))
+            return
+        raise Stop(reason)
+    target = rt._lookup(pid)
+    if target is None:
+        return
+    if kill:
+        rt._kill(target, "killed")
+    else:
+        rt._signal(target, me.pid, reason)
+
+
+def trap_exit(flag: bool) -> bool:
+    """Make the calling process trap exit signals (or stop); returns the previous setting."""
+    me = _me("nb.trap_exit()")
+    if not isinstance(flag, bool):
+        raise TypeError(f"nb.trap_exit() takes a bool, got {flag!r}")
+    old, me.trap = me.trap, flag
+    return old
+
+
+def is_alive(pid: Pid) -> bool:
+    """True while the process `pid` of this node has not exited."""
+    if type(pid) is not Pid:
+        raise TypeError(f"nb.is_alive() takes a Pid, got {pid!r}")
+    return _rt()._lookup(pid) is not None
+
+
+def processes() -> list[Pid]:
+    """The pids of all live processes of this node."""
+    return [p.pid for p in _rt()._procs.values()]
+
+
+def process_info(pid: Pid) -> dict[str, Any] | None:
+    """A snapshot of a live process, or None if it is gone.
+
+    Keys: ``status`` ("running", "waiting", "runnable" or "exiting"), ``message_queue_len``,
+    ``links``, ``monitors`` (pids this process monitors), ``monitored_by``,
+    ``registered_name``, ``trap_exit``, ``function``.
+    """
+    if type(pid) is not Pid:
+        raise TypeError(f"nb.process_info() takes a Pid, got {pid!r}")
+    proc = _rt()._lookup(pid)
+    if proc is None:
+        return None
+    if proc.kill_reason is not None:
+        status = "exiting"
+    elif _current.get(None) is proc:
+        status = "running"
+    elif proc.waiter is not None and proc.waiter.state == _PENDING:
+        status = "waiting"
+    else:
+        status = "runnable"
+    return {
+        "status": status,
+        "message_queue_len": len(proc.mailbox) if proc.mailbox else 0,
+        "links": sorted(proc.links or (), key=lambda p: p.id),
+        "monitors": list((proc.monitors or {}).values()),
+        "monitored_by": list((proc.monitored_by or {}).values()),
+        "registered_name": proc.name,
+        "trap_exit": proc.trap,
+        "function": getattr(proc.fn, "__qualname__", repr(proc.fn)),
+    }
+
+
+def register(name: str, pid: Pid) -> None:
+    """Register `pid` under `name` on this node; the name is freed when the process exits.
+
+    Raises:
+        TypeError: `name` is not a non-empty str, or `pid` is not a Pid.
+        ValueError: the name is taken, the process already has a name, or it is not alive.
+    """
+    rt = _rt()
+    if type(pid) is not Pid:
+        raise TypeError(f"nb.register() takes a Pid to register, got {pid!r}")
+    rt._check_name_free(name)
+    proc = rt._lookup(pid)
+    if proc is None:
+        raise ValueError(f"cannot register {name!r}: {pid!r} is not a live process of this node")
+    if proc.name is not None:
+        raise ValueError(f"{pid!r} is already registered as {proc.name!r}")
+    proc.name = name
+    rt._names[name] = proc
+
+
+def unregister(name: str) -> None:
+    """Remove the registered name `name`; ValueError if it is not registered."""
+    rt = _rt()
+    proc = rt._names.pop(name, None)
+    if proc is None:
+        raise ValueError(f"{name!r} is not registered")
+    proc.name = None
+
+
+def whereis(name: str) -> Pid | None:
+    """The pid registered as `name`, or None."""
+    proc = _rt()._names.get(name)
+    return None if proc is None else proc.pid
+
+
+def registered() -> list[str]:
+    """All names registered on this node."""
+    return list(_rt()._names)
+
+
+def send_after(delay: float, dest: Pid | str, msg: Any) -> TimerRef:
+    """Send `msg` to `dest` after `delay` seconds; returns a ref for `cancel_timer`.
+
+    A timer to a pid is cancelled when that process exits; a timer to a name looks the name up
+    when it fires and does nothing if it is not registered then.
+    """
+    rt = _rt()
+    _check_timeout(delay, "send_after delay")
+    if delay is None:
+        raise TypeError("send_after delay must be a number of seconds, got None")
+    if type(dest) is not Pid and type(dest) is not str:
+        raise TypeError(f"send_after takes a Pid or a registered name, got {dest!r}")
+    tref = TimerRef(rt.node)
+    if type(dest) is Pid:
+        proc = rt._lookup(dest)
+        if proc is None:
+            return tref  # the destination is dead: the timer is already void
+        if proc.timers is None:
+            proc.timers = set()
+        proc.timers.add(tref)
+    rt._timers[tref] = rt._loop.call_later(delay, rt._fire_timer, tref, dest, msg)
+    return tref
+
+
+def cancel_timer(tref: TimerRef) -> float | bool:
+    """Cancel a timer; returns the seconds it had left, or False if it had fired or was gone."""
+    rt = _rt()
+    if not isinstance(tref, TimerRef):
+        raise TypeError(f"nb.cancel_timer() takes the TimerRef send_after returned, got {tref!r}")
+    handle = rt._timers.pop(tref, None)
+    if handle is None:
+        return False
+    handle.cancel()
+    return max(0.0, handle.when() - rt._loop.time())
+
+
+def run(main: Callable[..., Coroutine[Any, Any, T]], *args: Any, **options: Any) -> T:
+    """Start a node, run ``main(*args)`` as its first process, stop the node, return the result.
+
+    Blocking: the entry point of a program. Uses uvloop when it is installed (node option
+    ``uvloop``). If `main` raises, `run` raises the same exception after shutting down.
+    """
+    _check_async_fn(main, "nb.run()")
+    opts = NodeOptions.resolve(**options)
+
+    async def _main() -> T:
+        async with Runtime(**options):
+            return await main(*args)
+
+    loop_factory = None
+    if opts.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            pass
+        else:
+            loop_factory = uvloop.new_event_loop
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_main())

@@ -1,0 +1,117 @@
+"""numbeam: Erlang/OTP processes and supervisors for numerical Python, on asyncio.
+
+    import numbeam as nb
+
+    async def main():
+        pid = nb.spawn(echo)
+        nb.send(pid, (nb.self(), "hello"))
+        print(await nb.receive(timeout=1))
+
+    nb.run(main)
+
+Every public name is re-exported here; the subpackages' private modules are not API.
+"""
+
+import logging as _logging
+
+from numbeam.actors import (
+    NOREPLY,
+    Agent,
+    CallError,
+    Down,
+    Exit,
+    GenServer,
+    NodeOptions,
+    NoProc,
+    Pid,
+    Ref,
+    Runtime,
+    StartError,
+    Stop,
+    Task,
+    TimerRef,
+    call,
+    cancel_timer,
+    cast,
+    demonitor,
+    exit,
+    is_alive,
+    is_normal_exit,
+    link,
+    make_ref,
+    monitor,
+    node,
+    process_info,
+    processes,
+    receive,
+    register,
+    registered,
+    reply,
+    run,
+    self,
+    send,
+    send_after,
+    spawn,
+    spawn_link,
+    spawn_monitor,
+    stop,
+    trap_exit,
+    unlink,
+    unregister,
+    whereis,
+)
+from numbeam.supervision import Child, DynamicSupervisor, Supervisor
+
+_logging.getLogger("numbeam").addHandler(_logging.NullHandler())
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "NOREPLY",
+    "Agent",
+    "CallError",
+    "Child",
+    "Down",
+    "DynamicSupervisor",
+    "Exit",
+    "GenServer",
+    "NoProc",
+    "NodeOptions",
+    "Pid",
+    "Ref",
+    "Runtime",
+    "StartError",
+    "Stop",
+    "Supervisor",
+    "Task",
+    "TimerRef",
+    "call",
+    "cancel_timer",
+    "cast",
+    "demonitor",
+    "exit",
+    "is_alive",
+    "is_normal_exit",
+    "link",
+    "make_ref",
+    "monitor",
+    "node",
+    "process_info",
+    "processes",
+    "receive",
+    "register",
+    "registered",
+    "reply",
+    "run",
+    "self",
+    "send",
+    "send_after",
+    "spawn",
+    "spawn_link",
+    "spawn_monitor",
+    "stop",
+    "trap_exit",
+    "unlink",
+    "unregister",
+    "whereis",
+]

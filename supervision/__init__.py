@@ -1,0 +1,2 @@
+"""placeholder while supervision is written"""
+Child = DynamicSupervisor = Supervisor = None
