@@ -3,10 +3,10 @@
 A process is an ordinary asyncio Task running the user's coroutine in its own context, where a
 context variable names the process; so any asyncio awaitable works inside it, and killing it
 is cancelling its task. What makes message passing fast is how a process parked in `receive`
-is woken. It awaits a `_Wakeup`, a duck-typed asyncio future (the `_asyncio_future_blocking`
-protocol Task already honours), which hands the runtime the task's wake-up callback. `send`
-appends to the target's mailbox and, if the target is parked, pushes that callback on the
-runtime's run queue; the run queue is drained in one event-loop callback, so a ping-pong
+is woken. Its task awaits the process record itself, a duck-typed asyncio future (the
+`_asyncio_future_blocking` protocol Task already honours), which hands the runtime the task's
+wake-up callback. `send` appends to the target's mailbox and, if the target is parked, pushes
+it on the runtime's run queue; the run queue is drained in one event-loop callback, so a ping-pong
 between two processes runs back and forth inside that callback instead of paying one loop
 iteration per message. The drain stops after `run_queue_budget` wake-ups (BEAM's reductions)
 so I/O still gets its turn. Everything else (first steps, asyncio sleeps, sockets) goes
@@ -77,7 +77,6 @@ _runtime: Runtime | None = None
 # Distinguishes successive runtimes in one OS process, so an old pid never names a new process.
 _creations = itertools.count(1)
 
-_PENDING, _WOKEN, _CANCELLED, _EXPIRED = 0, 1, 2, 3
 
 
 def _is_str(reason: Any, value: str) -> bool:
@@ -86,13 +85,19 @@ def _is_str(reason: Any, value: str) -> bool:
 
 _no_result = type(None)  # calling it returns None, at C speed
 
+# Where a process stands with respect to `receive`: parked (PENDING) or not.
+_RUNNING, _PENDING, _WOKEN, _CANCELLED, _EXPIRED = 0, 1, 2, 3, 4
 
-class _Wakeup:
-    """What a process parked in `receive` awaits: a minimal duck-typed asyncio future.
 
-    Task.__step sees `_asyncio_future_blocking`, reads `_loop`, registers its wake-up with
-    `add_done_callback`, and on wake-up calls `result()`. We keep that callback and run it from
-    the runtime's run queue instead of `loop.call_soon`. One instance per process, reused.
+class Process:
+    """The runtime's record of one process. Users hold its `Pid`, never this object.
+
+    While the process is parked in `receive`, this record is also the future its task awaits:
+    a minimal duck-typed asyncio future. Task.__step sees `_asyncio_future_blocking`, reads
+    `_loop`, registers its wake-up with `add_done_callback`, and on wake-up calls `result()`.
+    The runtime keeps that callback and runs it from its run queue instead of
+    `loop.call_soon`. Being its own future saves an object per process and an indirection
+    on every send.
     """
 
     __slots__ = (
@@ -100,20 +105,44 @@ class _Wakeup:
         "_callback",
         "_context",
         "_loop",
-        "_rt",
+        "aliases",
+        "fn",
+        "kill_reason",
+        "links",
+        "mailbox",
+        "monitored_by",
+        "monitors",
+        "name",
+        "pid",
         "result",
+        "rt",
         "state",
+        "task",
+        "timers",
+        "trap",
     )
 
-    def __init__(self, rt: Runtime) -> None:
+    def __init__(self, rt: Runtime, pid: Pid, fn: Any) -> None:
+        self.rt = rt
+        self.pid = pid
+        self.fn = fn
+        self.task: asyncio.Task[Any] | None = None
+        self.mailbox: deque[Any] | None = None  # allocated on the first message
+        self.state = _RUNNING
         self._asyncio_future_blocking = False
         self._loop = rt._loop
-        self._rt = rt
-        self._callback: Any = None
-        self._context: contextvars.Context | None = None
-        self.state = _PENDING
         # Task's wake-up calls `result()`; a slot holding a C callable keeps that call cheap.
         self.result: Callable[[], None] = _no_result
+        self.links: set[Pid] | None = None
+        self.monitors: dict[Ref, Any] | None = None  # refs this process monitors -> target
+        self.monitored_by: dict[Ref, Pid] | None = None  # refs watching this process -> watcher
+        self.trap = False
+        self.name: str | None = None
+        self.kill_reason: Any = None
+        self.timers: set[TimerRef] | None = None
+        self.aliases: set[Ref] | None = None  # refs whose replies are still wanted (nb.call)
+
+    # -- the asyncio future protocol, used while parked in receive ---------------------------
 
     def add_done_callback(self, fn: Any, *, context: contextvars.Context | None = None) -> None:
         self._callback = fn
@@ -124,7 +153,7 @@ class _Wakeup:
             return False
         self.state = _CANCELLED
         self.result = self._cancelled_result
-        self._rt._make_ready(self)
+        self.rt._make_ready(self)
         return True
 
     def _cancelled_result(self) -> None:
@@ -137,54 +166,17 @@ class _Wakeup:
     def done(self) -> bool:
         return self.state != _PENDING
 
-    def expire(self) -> None:
+    def _expire(self) -> None:
         if self.state == _PENDING:
             self.state = _EXPIRED
-            self._rt._make_ready(self)
+            self.rt._make_ready(self)
 
     def __await__(self) -> Any:
         if self.state == _PENDING:
             self._asyncio_future_blocking = True
             yield self
 
-
-class Process:
-    """The runtime's record of one process. Users hold its `Pid`, never this object."""
-
-    __slots__ = (
-        "aliases",
-        "fn",
-        "kill_reason",
-        "links",
-        "mailbox",
-        "monitored_by",
-        "monitors",
-        "name",
-        "pid",
-        "rt",
-        "task",
-        "timers",
-        "trap",
-        "waiter",
-        "wakeup",
-    )
-
-    def __init__(self, rt: Runtime, pid: Pid, fn: Any) -> None:
-        self.rt = rt
-        self.pid = pid
-        self.fn = fn
-        self.task: asyncio.Task[Any] | None = None
-        self.mailbox: deque[Any] | None = None  # allocated on the first message
-        self.waiter: _Wakeup | None = None  # set while parked in receive
-        self.wakeup: _Wakeup | None = None  # the reusable waiter, allocated on first wait
-        self.links: set[Pid] | None = None
-        self.monitors: dict[Ref, Any] | None = None  # refs this process monitors -> target
-        self.monitored_by: dict[Ref, Pid] | None = None  # refs watching this process -> watcher
-        self.trap = False
-        self.name: str | None = None
-        self.kill_reason: Any = None
-        self.timers: set[TimerRef] | None = None
-        self.aliases: set[Ref] | None = None  # refs whose replies are still wanted (nb.call)
+    # -- exit ----------------------------------------------------------------------------
 
     def _on_done(self, task: asyncio.Task[Any]) -> None:
         if task.cancelled():
@@ -246,7 +238,7 @@ class Runtime:
         self._procs: dict[int, Process] = {}
         self._names: dict[str, Process] = {}
         self._timers: dict[TimerRef, asyncio.TimerHandle] = {}
-        self._ready: deque[_Wakeup] = deque()
+        self._ready: deque[Process] = deque()
         self._drain_scheduled = False
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._root: Process | None = None
@@ -352,7 +344,7 @@ class Runtime:
 
     # -- scheduling ------------------------------------------------------------------------
 
-    def _make_ready(self, w: _Wakeup) -> None:
+    def _make_ready(self, w: Process) -> None:
         self._ready.append(w)
         if not self._drain_scheduled:
             self._drain_scheduled = True
@@ -434,15 +426,12 @@ class Runtime:
         if mb is None:
             proc.mailbox = mb = deque()
         mb.append(msg)
-        w = proc.waiter
-        if w is not None:
-            proc.waiter = None
-            if w.state == _PENDING:
-                w.state = _WOKEN
-                self._ready.append(w)
-                if not self._drain_scheduled:
-                    self._drain_scheduled = True
-                    self._loop.call_soon(self._drain)
+        if proc.state == _PENDING:
+            proc.state = _WOKEN
+            self._ready.append(proc)
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                self._loop.call_soon(self._drain)
 
     def _kill(self, proc: Process, reason: Any) -> None:
         if proc.kill_reason is not None:
@@ -494,7 +483,6 @@ class Runtime:
                     if t is not None and t.monitored_by is not None:
                         t.monitored_by.pop(ref, None)
         proc.mailbox = None
-        proc.waiter = None
         if self._stopping:
             self._exited.set()
 
@@ -623,15 +611,12 @@ def send(dest: Dest, msg: Any) -> None:
     if mb is None:
         proc.mailbox = mb = deque()
     mb.append(msg)
-    w = proc.waiter
-    if w is not None:
-        proc.waiter = None
-        if w.state == _PENDING:
-            w.state = _WOKEN
-            rt._ready.append(w)
-            if not rt._drain_scheduled:
-                rt._drain_scheduled = True
-                rt._loop.call_soon(rt._drain)
+    if proc.state == _PENDING:
+        proc.state = _WOKEN
+        rt._ready.append(proc)
+        if not rt._drain_scheduled:
+            rt._drain_scheduled = True
+            rt._loop.call_soon(rt._drain)
 
 
 def _matcher(match: Match) -> Callable[[Any], bool]:
@@ -665,7 +650,7 @@ def receive(match: Match = None, *, timeout: float | None = None) -> Generator[A
     ``asyncio.timeout`` fires) raises with the mailbox unchanged; it never eats a message.
     Only the process's own task may receive from its mailbox.
     """
-    # A generator-based coroutine rather than `async def`: the wait yields the `_Wakeup`
+    # A generator-based coroutine rather than `async def`: the wait yields the process record
     # straight to the Task, one frame instead of two on the hottest path of the runtime.
     proc = _current.get(None)
     if proc is None:
@@ -675,15 +660,11 @@ def receive(match: Match = None, *, timeout: float | None = None) -> Generator[A
         mb = proc.mailbox
         if mb:
             return mb.popleft()
-        w = proc.wakeup
-        if w is None:
-            w = proc.wakeup = _Wakeup(proc.rt)
-        elif proc.waiter is not None:
+        if proc.state == _PENDING:
             _concurrent_receive(proc)
-        w.state = _PENDING
-        w._asyncio_future_blocking = True
-        proc.waiter = w
-        yield w
+        proc.state = _PENDING
+        proc._asyncio_future_blocking = True
+        yield proc
         return proc.mailbox.popleft()  # type: ignore[union-attr]
     return (yield from _receive_slow(proc, match, timeout))
 
@@ -710,19 +691,14 @@ async def _receive_slow(proc: Process, match: Match, timeout: float | None) -> A
         start = len(mb)
     if timeout == 0:
         raise TimeoutError("receive(timeout=0): no matching message in the mailbox")
-    rt = proc.rt
-    w = proc.wakeup
-    if w is None:
-        w = proc.wakeup = _Wakeup(rt)
-    elif proc.waiter is not None:
+    if proc.state == _PENDING:
         _concurrent_receive(proc)
-    handle = None if timeout is None else rt._loop.call_later(timeout, w.expire)
+    handle = None if timeout is None else proc.rt._loop.call_later(timeout, proc._expire)
     try:
         while True:
-            w.state = _PENDING
-            proc.waiter = w
-            await w
-            expired = w.state == _EXPIRED
+            proc.state = _PENDING
+            await proc
+            expired = proc.state == _EXPIRED
             mb = proc.mailbox
             if mb:
                 n = len(mb)
@@ -737,7 +713,7 @@ async def _receive_slow(proc: Process, match: Match, timeout: float | None) -> A
             if expired:
                 raise TimeoutError(f"receive: no matching message within {timeout} s")
     finally:
-        proc.waiter = None
+        proc.state = _RUNNING
         if handle is not None:
             handle.cancel()
 
@@ -895,7 +871,7 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
         status = "exiting"
     elif _current.get(None) is proc:
         status = "running"
-    elif proc.waiter is not None and proc.waiter.state == _PENDING:
+    elif proc.state == _PENDING:
         status = "waiting"
     else:
         status = "runnable"
