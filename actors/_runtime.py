@@ -268,6 +268,7 @@ class Runtime:
         root = Process(self, Pid(self.node, next(self._ids), self.creation), self.__aenter__)
         root.task = task
         self._procs[root.pid.id] = root
+        root.pid._proc = root
         self._root = root
         self._token = _current.set(root)
         _runtime = self
@@ -328,6 +329,8 @@ class Runtime:
                 for t in pending:
                     log.warning("process task %r ignored being killed at shutdown", t)
                 break
+        for proc in self._procs.values():
+            proc.pid._proc = None  # tasks that ignored the kill: unreachable from now on
         for handle in self._timers.values():
             handle.cancel()
         self._timers.clear()
@@ -391,6 +394,7 @@ class Runtime:
         task.add_done_callback(proc._on_done)
         proc.task = task
         self._procs[pid.id] = proc
+        pid._proc = proc
         if name is not None:
             proc.name = name
             self._names[name] = proc
@@ -449,6 +453,7 @@ class Runtime:
 
     def _exit(self, proc: Process, reason: Any) -> None:
         pid = proc.pid
+        pid._proc = None
         if self._procs.get(pid.id) is proc:
             del self._procs[pid.id]
         if proc.name is not None:
@@ -599,9 +604,11 @@ def send(dest: Dest, msg: Any) -> None:
     if rt is None:
         raise RuntimeError(_NO_RUNTIME)
     if type(dest) is Pid:
-        proc = rt._procs.get(dest.id)
-        if proc is None or (proc.pid is not dest and proc.pid != dest):
-            return
+        proc = dest._proc
+        if proc is None:
+            proc = rt._lookup(dest)  # an equal Pid object that is not the one spawn made
+            if proc is None:
+                return
     else:
         proc = rt._resolve(dest)
         if proc is None:
@@ -971,6 +978,11 @@ def run(main: Callable[..., Coroutine[Any, Any, T]], *args: Any, **options: Any)
     """
     _check_async_fn(main, "nb.run()")
     opts = NodeOptions.resolve(**options)
+    if asyncio._get_running_loop() is not None:
+        raise RuntimeError(
+            "nb.run() blocks, so it cannot be called from a running event loop; "
+            "inside async code use `async with nb.Runtime():` instead"
+        )
 
     async def _main() -> T:
         async with Runtime(**options):

@@ -19,9 +19,13 @@ _ref_counter = itertools.count(1)
 
 
 class Pid:
-    """A process identifier: ``(node, id, creation)``. Compare and hash it; never build one."""
+    """A process identifier: ``(node, id, creation)``. Compare and hash it; never build one.
 
-    __slots__ = ("_hash", "creation", "id", "node")
+    The runtime caches the live local process on the pid it created (``_proc``, cleared when
+    the process exits) so `send` skips a table lookup; it is not part of the value.
+    """
+
+    __slots__ = ("_hash", "_proc", "creation", "id", "node")
 
     node: str
     id: int
@@ -32,6 +36,7 @@ class Pid:
         self.id = id
         self.creation = creation
         self._hash = (id * 1_000_003) ^ creation  # cheap; the node rarely differs
+        self._proc: Any = None
 
     def __eq__(self, other: object) -> bool:
         if self is other:
