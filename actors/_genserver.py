@@ -194,7 +194,9 @@ def reply(caller: Caller, value: Any) -> None:
     try:
         pid, ref = caller
     except (TypeError, ValueError):
-        raise TypeError(f"nb.reply() takes the caller handle_call was given, got {caller!r}")
+        raise TypeError(
+            f"nb.reply() takes the caller handle_call was given, got {caller!r}"
+        ) from None
     rt = _rt()
     proc = rt._lookup(pid)
     if proc is not None and proc.aliases and ref in proc.aliases:
@@ -228,8 +230,10 @@ async def call(dest: Pid | str | tuple[str, str], request: Any, timeout: float |
     me.rt._deliver(proc, ("$gen_call", (me.pid, ref), request))
     try:
         msg = await receive(
-            lambda m: (type(m) is tuple and len(m) == 2 and type(m[0]) is Ref and m[0] == ref)
-            or (type(m) is Down and m.ref == ref),
+            lambda m: (
+                (type(m) is tuple and len(m) == 2 and type(m[0]) is Ref and m[0] == ref)
+                or (type(m) is Down and m.ref == ref)
+            ),
             timeout=timeout,
         )
     except TimeoutError:
@@ -277,4 +281,3 @@ async def stop(
         raise NoProc(f"nb.stop(): {dest!r} is not alive")
     if not _same_reason(down.reason, reason):
         raise CallError(down.reason, f"nb.stop({dest!r}): it exited with {down.reason!r}")
-

@@ -56,7 +56,7 @@ class NodeOptions:
 
     @classmethod
     def resolve(cls, **options: Any) -> NodeOptions:
-        """Build options from keyword arguments, then ``NUMBEAM_<NAME>`` variables, then defaults."""
+        """Build options from arguments, then ``NUMBEAM_<NAME>`` variables, then defaults."""
         known = {f.name: f for f in fields(cls)}
         unknown = sorted(set(options) - set(known))
         if unknown:

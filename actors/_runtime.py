@@ -78,7 +78,6 @@ _runtime: Runtime | None = None
 _creations = itertools.count(1)
 
 
-
 def _is_str(reason: Any, value: str) -> bool:
     return type(reason) is str and reason == value
 
@@ -178,7 +177,8 @@ class Process:
 
     # -- exit ----------------------------------------------------------------------------
 
-    def _on_done(self, task: asyncio.Task[Any]) -> None:
+    def __call__(self, task: asyncio.Task[Any]) -> None:
+        """The task's done callback: work out the exit reason and run the exit."""
         if task.cancelled():
             reason = self.kill_reason if self.kill_reason is not None else "killed"
         else:
@@ -223,9 +223,10 @@ class Runtime:
 
     Inside the block the enclosing task is a process too (like Erlang's shell): it has a pid
     (`rt.pid`) and a mailbox. Leaving the block stops the node: the shell process exits with
-    ``"shutdown"`` (so supervisors it started with `start_link` stop their children in order),
-    then every process still alive after `shutdown_timeout` seconds is killed, and the block
-    returns once every process task has finished and every timer is cancelled. If the shell
+    ``"shutdown"`` (so supervisors it started with `start_link` stop their children in order;
+    a block ended by ``raise nb.Stop(reason)`` or an exception exits with that reason), then
+    every process still alive after `shutdown_timeout` seconds is killed, and the block returns
+    once every process task has finished and every timer is cancelled. If the shell
     process itself was killed by an exit signal, the block raises ``nb.Stop(reason)``.
     """
 
@@ -288,8 +289,16 @@ class Runtime:
                 except asyncio.CancelledError:
                     pass
             root.task.uncancel()
+        if killed is not None:
+            reason = killed
+        elif isinstance(exc, Stop):
+            reason = exc.reason  # `raise nb.Stop(reason)` in the block: exactly that reason
+        elif isinstance(exc, Exception):
+            reason = exc  # the block crashed: its links see the exception, as for any process
+        else:
+            reason = "shutdown"
         try:
-            await self._shutdown(root, "shutdown" if killed is None else killed)
+            await self._shutdown(root, reason)
         finally:
             _current.reset(self._token)
             _runtime = None
@@ -391,7 +400,9 @@ class Runtime:
         ctx.run(_current.set, proc)
         coro = fn(*args)
         task = self._loop.create_task(coro, context=ctx)  # type: ignore[arg-type]
-        task.add_done_callback(proc._on_done)
+        # The record itself is the done callback (Process.__call__): no bound method, and
+        # passing the context spares the copy add_done_callback would make.
+        task.add_done_callback(proc, context=ctx)
         proc.task = task
         self._procs[pid.id] = proc
         pid._proc = proc
@@ -565,8 +576,11 @@ def spawn(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | N
         *args: its arguments, passed by reference (treat messages and arguments as immutable).
         name: register the new process under this name, atomically.
     """
-    rt = _rt()
-    _check_async_fn(fn, "nb.spawn()")
+    rt = _runtime
+    if rt is None:
+        raise RuntimeError(_NO_RUNTIME)
+    if type(fn) is not types.FunctionType or not fn.__code__.co_flags & inspect.CO_COROUTINE:
+        _check_async_fn(fn, "nb.spawn()")
     return rt._spawn(fn, args, name, None).pid
 
 
@@ -813,7 +827,7 @@ def _flush(proc: Process, pred: Callable[[Any], bool]) -> None:
         proc.mailbox = deque(m for m in mb if not pred(m))
 
 
-def exit(pid: Pid, reason: Any) -> None:  # noqa: A001 - Erlang's exit/2
+def exit(pid: Pid, reason: Any) -> None:
     """Send an exit signal with `reason` to `pid`.
 
     ``"kill"`` cannot be trapped: the target dies with ``"killed"``. ``"normal"`` is ignored by

@@ -83,15 +83,19 @@ class Task(Generic[T]):
             raise RuntimeError(f"only the process that started task {self.pid!r} can await it")
         ref, mref = self._ref, self._mref
         msg = await receive(
-            lambda m: (type(m) is tuple and len(m) == 2 and type(m[0]) is Ref and m[0] == ref)
-            or (type(m) is Down and m.ref == mref),
+            lambda m: (
+                (type(m) is tuple and len(m) == 2 and type(m[0]) is Ref and m[0] == ref)
+                or (type(m) is Down and m.ref == mref)
+            ),
             timeout=timeout,
         )
         if me.aliases is not None:
             me.aliases.discard(ref)
         demonitor(mref, flush=True)
         if type(msg) is Down:
-            raise CallError(msg.reason, f"task {self.pid!r} exited without a result: {msg.reason!r}")
+            raise CallError(
+                msg.reason, f"task {self.pid!r} exited without a result: {msg.reason!r}"
+            )
         self._result = msg[1]
         return msg[1]  # type: ignore[no-any-return]
 
@@ -203,4 +207,3 @@ class Agent(GenServer):
     async def stop(agent: Pid | str, reason: Any = "normal", timeout: float | None = 5.0) -> None:
         """Stop the agent and wait until it has exited."""
         await _stop(agent, reason, timeout)
-

@@ -113,7 +113,7 @@ class Exit:
     reason: Any
 
 
-class Stop(BaseException):  # noqa: N818 - the Elixir/OTP name for "exit with this reason"
+class Stop(BaseException):
     """Raise ``nb.Stop(reason)`` to end the current process with exactly ``reason``.
 
     It derives from BaseException, like SystemExit, so ``except Exception`` does not swallow it.
@@ -127,7 +127,7 @@ class Stop(BaseException):  # noqa: N818 - the Elixir/OTP name for "exit with th
         return f"Stop({self.reason!r})"
 
 
-class NoProc(LookupError):  # noqa: N818 - Erlang's noproc
+class NoProc(LookupError):
     """Raised when a call, link or send names a process or registered name that does not exist."""
 
 
