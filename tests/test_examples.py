@@ -1,0 +1,127 @@
+"""The examples and the README's code run as written.
+
+Each example is run as a subprocess with this interpreter, the way a newcomer runs it, and its
+output is checked for the lines that show what it is about. Every ```python block of README.md
+is a complete program and runs the same way, so the documentation cannot drift from the code.
+The Quick start and `.ci/run` are checked to run the same test command.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+README = ROOT / "README.md"
+PID = r"<0\.\d+\.\d+>"
+
+
+def run(args: list[str], timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def run_ok(args: list[str]) -> str:
+    proc = run(args)
+    assert proc.returncode == 0, f"{args} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def test_ping_pong_example_shows_messages_selective_receive_and_monitor() -> None:
+    out = run_ok([str(EXAMPLES / "ping_pong.py")])
+    for n in (1, 2, 3):
+        assert f"main: sent ping {n}, got ('pong', {n})" in out
+    assert "selective receive took ('urgent', 'handle me first')" in out
+    assert "[('log', 'first'), ('log', 'second')]" in out
+    assert re.search(rf"main: pong {PID} is down, reason 'normal'", out)
+
+
+def test_bank_example_serves_calls_and_casts_by_name() -> None:
+    out = run_ok([str(EXAMPLES / "bank.py")])
+    assert "transfer alice -> bob: 30" in out
+    assert "refused, bob has only 80" in out
+    assert "balance of alice: 150" in out
+    assert "balance of bob: 0" in out
+    assert "audit log has 3 entries" in out
+    assert "no account for carol" in out
+    assert "account bob closes with 0 ('normal')" in out
+
+
+def test_supervised_pool_example_restarts_crashed_workers_and_finishes_the_work() -> None:
+    out = run_ok([str(EXAMPLES / "supervised_pool.py")])
+    # the crash report, with its traceback
+    assert len(re.findall(rf"ERROR +numbeam: process {PID} .*crashed: ValueError", out)) == 3
+    assert "Traceback (most recent call last):" in out
+    assert "ValueError: job 4: corrupt input batch" in out
+    # the supervisor's restarts: a new pid each time
+    restarts = re.findall(rf"supervisor restarted (worker\d): ({PID}) -> ({PID})", out)
+    assert len(restarts) == 3
+    assert all(old != new for _, old, new in restarts)
+    for _, _, new in restarts:
+        assert re.search(rf"worker\d is up as {re.escape(new)}", out)
+    # the work completes
+    assert re.search(
+        r"all 12 jobs done: pi ~ 3\.1\d+ from 2,400,000 samples; 3 crashes, 3 restarts", out
+    )
+
+
+def test_cli_prints_version() -> None:
+    import numbeam
+
+    out = run_ok(["-m", "numbeam", "--version"])
+    assert out.strip() == f"numbeam {numbeam.__version__}"
+
+
+def test_cli_demo_runs_the_supervised_pool() -> None:
+    out = run_ok(["-m", "numbeam", "demo"])
+    assert "all 12 jobs done" in out
+
+
+def readme_blocks(lang: str) -> list[tuple[str, str]]:
+    """(title, code) of each fenced block in `lang`, titled by the heading above it."""
+    blocks, heading, seen = [], "top", {}
+    fence = re.compile(r"^(#+ [^\n]*)$|^```(\w*)\n(.*?)^```$", re.M | re.S)
+    for m in fence.finditer(README.read_text()):
+        if m.group(1):
+            heading = re.sub(r"\W+", "-", m.group(1).lstrip("# ").lower()).strip("-")
+        elif m.group(2) == lang:
+            seen[heading] = seen.get(heading, 0) + 1
+            blocks.append((f"{heading}-{seen[heading]}", m.group(3)))
+    return blocks
+
+
+PYTHON_BLOCKS = readme_blocks("python")
+
+
+@pytest.mark.parametrize("code", [c for _, c in PYTHON_BLOCKS], ids=[t for t, _ in PYTHON_BLOCKS])
+def test_readme_python_block_runs(code: str, tmp_path: Path) -> None:
+    script = tmp_path / "snippet.py"
+    script.write_text(code)
+    run_ok([str(script)])
+
+
+def test_readme_has_python_examples_for_each_concept() -> None:
+    assert len(PYTHON_BLOCKS) >= 9
+
+
+def test_quick_start_is_two_commands_and_ci_runs_the_same_tests() -> None:
+    [(_, quick_start)] = [b for b in readme_blocks("") if b[0].startswith("quick-start")]
+    demo, tests = quick_start.strip().splitlines()
+    assert "examples/supervised_pool.py" in demo
+    assert "pytest" in tests
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert any(line.startswith(tests) for line in ci.splitlines()), ".ci/run must run: " + tests
