@@ -123,6 +123,7 @@ async def _start(
             )
     ack = Ref(rt.node)
     proc = rt._spawn(_serve, (cls, args, kwargs, me.pid, ack), name, me if link else None)
+    proc.fn = cls  # crash reports and process_info name the server class, not _serve
     mref = monitor(proc.pid)
     msg = await receive(
         lambda m: (_is_tagged(m, "$ack", 4) and m[1] == ack) or (type(m) is Down and m.ref == mref)

@@ -72,6 +72,9 @@ _NO_RUNTIME = (
 
 # The process whose code is running now. Each process task runs in its own context copy.
 _current: contextvars.ContextVar[Process] = contextvars.ContextVar("numbeam.process")
+_set_current = _current.set
+_copy_context = contextvars.copy_context
+_new_pid = object.__new__
 # One node per OS process: the runtime that is running, if any.
 _runtime: Runtime | None = None
 # Distinguishes successive runtimes in one OS process, so an old pid never names a new process.
@@ -121,7 +124,14 @@ class Process:
         "trap",
     )
 
-    def __init__(self, rt: Runtime, pid: Pid, fn: Any) -> None:
+    def __init__(self, rt: Runtime, fn: Any) -> None:
+        # The pid is built here without a call to Pid.__init__: spawn is a hot path too.
+        pid = _new_pid(Pid)
+        pid.node = rt.node
+        pid.id = n = next(rt._ids)
+        pid.creation = c = rt.creation
+        pid._hash = (n * 1_000_003) ^ c  # as Pid.__init__ computes it
+        pid._proc = self
         self.rt = rt
         self.pid = pid
         self.fn = fn
@@ -266,10 +276,9 @@ class Runtime:
         if task is None:
             raise RuntimeError("nb.Runtime must be entered from an asyncio task")
         self._loop = asyncio.get_running_loop()
-        root = Process(self, Pid(self.node, next(self._ids), self.creation), self.__aenter__)
+        root = Process(self, self.__aenter__)
         root.task = task
         self._procs[root.pid.id] = root
-        root.pid._proc = root
         self._root = root
         self._token = _current.set(root)
         _runtime = self
@@ -388,24 +397,22 @@ class Runtime:
     ) -> Process:
         if name is not None:
             self._check_name_free(name)
-        pid = Pid(self.node, next(self._ids), self.creation)
-        proc = Process(self, pid, fn)
+        proc = Process(self, fn)
+        pid = proc.pid
         if link_to is not None:
             proc.links = {link_to.pid}
             if link_to.links is None:
                 link_to.links = {pid}
             else:
                 link_to.links.add(pid)
-        ctx = contextvars.copy_context()
-        ctx.run(_current.set, proc)
-        coro = fn(*args)
-        task = self._loop.create_task(coro, context=ctx)  # type: ignore[arg-type]
+        ctx = _copy_context()
+        ctx.run(_set_current, proc)
+        task = self._loop.create_task(fn(*args), context=ctx)  # type: ignore[arg-type]
         # The record itself is the done callback (Process.__call__): no bound method, and
         # passing the context spares the copy add_done_callback would make.
         task.add_done_callback(proc, context=ctx)
         proc.task = task
         self._procs[pid.id] = proc
-        pid._proc = proc
         if name is not None:
             proc.name = name
             self._names[name] = proc
