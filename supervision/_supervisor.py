@@ -1,0 +1,441 @@
+"""Supervisor: OTP's supervisor behaviour, a GenServer that starts, watches and restarts children.
+
+The supervisor traps exits, so a child's death arrives as an `nb.Exit` message; it decides
+what to do with the pure functions of `_policy` (restart or not, whom to restart, whether the
+restart intensity is exceeded) and does it with `_child` (start a spec, OTP's ``shutdown/2``).
+Its state is one list of child records in start order: children start in that order and
+stop in reverse. An exit signal from its parent reaches `terminate` through the GenServer
+machinery, which stops every child in reverse order; that is how a tree shuts down.
+
+A restart that fails is retried as OTP does (``try_again_restart``): the supervisor casts
+itself a retry and goes back to its mailbox, so API calls and a shutdown still get through,
+and every retry counts as a restart, so a child that cannot start ends in the supervisor
+giving up with ``"shutdown"`` once the intensity is exceeded.
+
+The client functions are static coroutines that `nb.call` the supervisor (a pid or a
+registered name) with no timeout, like OTP's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any, NoReturn
+
+from numbeam.actors import (
+    Exit,
+    GenServer,
+    Pid,
+    StartError,
+    Stop,
+    call,
+    cast,
+    is_alive,
+    is_normal_exit,
+    process_info,
+    trap_exit,
+)
+from numbeam.actors import self as _self
+
+from ._child import Child, report, shutdown_children, start_child_process
+from ._policy import (
+    Strategy,
+    add_restart,
+    check_intensity,
+    check_period,
+    check_strategy,
+    children_to_restart,
+    intensity_exceeded,
+    should_restart,
+)
+
+__all__ = ["Supervisor"]
+
+_TRY_AGAIN = "$try_again_restart"
+
+
+class _ChildRecord:
+    """A child as its supervisor sees it: the spec, and its pid while it runs."""
+
+    __slots__ = ("pid", "restarting", "spec")
+
+    def __init__(self, spec: Child) -> None:
+        self.spec = spec
+        self.pid: Pid | None = None
+        self.restarting = False  # a restart failed and a retry is queued
+
+
+def check_children(children: Any) -> list[Child]:
+    """Validate a supervisor's child list: `Child` specs with unique ids."""
+    if not isinstance(children, (list, tuple)):
+        raise TypeError(f"a supervisor's children must be a list of nb.Child, got {children!r}")
+    specs = list(children)
+    seen: set[Hashable] = set()
+    for spec in specs:
+        if not isinstance(spec, Child):
+            raise TypeError(
+                f"a supervisor's children must be nb.Child specs, got {spec!r}; "
+                "wrap it as nb.Child(start, args=..., id=...)"
+            )
+        if spec.id in seen:
+            raise ValueError(
+                f"two children have the id {spec.id!r}: give each child a unique nb.Child(id=...)"
+            )
+        seen.add(spec.id)
+    return specs
+
+
+def _check_flags(
+    children: Any = (), *, strategy: Any = "one_for_one", intensity: Any = 3, period: Any = 5.0
+) -> list[Child]:
+    check_strategy(strategy)
+    check_intensity(intensity)
+    check_period(period)
+    return check_children(children)
+
+
+def check_start_args(
+    cls: type, check: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
+    """Validate start_link's arguments with `check` before any process starts."""
+    try:
+        inspect.signature(check).bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{cls.__name__}.start_link(): {e}") from None
+    check(*args, **kwargs)
+
+
+def supervisor_name() -> Any:
+    """How reports name the calling supervisor: its registered name, else its pid."""
+    me = _self()
+    info = process_info(me)
+    name = None if info is None else info.get("registered_name")
+    return me if name is None else name
+
+
+def _raise_error(sup: Any, what: str, error: tuple[Any, ...]) -> NoReturn:
+    kind, reason = error[1], error[2]
+    if kind == "not_found":
+        raise LookupError(f"{what}: supervisor {sup!r} has no child with id {reason!r}")
+    if kind == "start":
+        raise StartError(reason, f"{what}: the child did not start: {reason!r}")
+    raise ValueError(f"{what}: {reason}")  # running, restarting, bad_request
+
+
+class Supervisor(GenServer):
+    """A process that starts children, restarts them as its strategy says, and stops them.
+
+    ``sup = await nb.Supervisor.start_link(children, strategy="one_for_one", intensity=3,
+    period=5.0, name=None)`` starts the children in list order, each linked to the
+    supervisor, and returns once all run; it raises `nb.StartError` if one fails to start,
+    after stopping the ones already started in reverse order.
+
+    Strategies, when a child is to be restarted: ``one_for_one`` restarts that child;
+    ``one_for_all`` stops all the others (reverse order) and restarts all (in order);
+    ``rest_for_one`` does that to the child and the children started after it. More than
+    `intensity` restarts within `period` seconds make the supervisor stop every child in
+    reverse order and exit with ``"shutdown"``. When it stops for any other reason (its
+    parent exits, `nb.stop`), it stops its children in reverse order too.
+
+    The supervisor is also a valid child: ``nb.Child(nb.Supervisor, args=(children,),
+    kwargs={"strategy": "one_for_all"}, id="sub")`` nests one, with shutdown
+    ``"infinity"`` and type ``"supervisor"`` by default.
+    """
+
+    _is_supervisor = True
+
+    # -- client API --------------------------------------------------------------------------
+
+    @classmethod
+    async def start_link(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
+        """Start a supervisor linked to the caller and wait until all its children run.
+
+        Called as ``start_link(children, *, strategy="one_for_one", intensity=3,
+        period=5.0, name=None)`` (a subclass that overrides `init` takes its own arguments).
+
+        Args:
+            children: the `nb.Child` specs, in start order; ids must be unique.
+            strategy: ``"one_for_one"``, ``"one_for_all"`` or ``"rest_for_one"``.
+            intensity: the most restarts (an int >= 0) allowed within `period`.
+            period: the window of `intensity`, in seconds (> 0).
+            name: register the supervisor under this name.
+
+        Raises:
+            TypeError, ValueError: a bad child list, strategy, intensity or period.
+            nb.StartError: a child failed to start; ``.reason`` is
+                ``("shutdown", ("failed_to_start_child", id, reason))``.
+        """
+        if cls.init is Supervisor.init:
+            check_start_args(cls, _check_flags, args, kwargs)
+        return await super().start_link(*args, name=name, **kwargs)
+
+    @classmethod
+    async def start(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
+        """Like `start_link`, without linking the supervisor to the caller."""
+        if cls.init is Supervisor.init:
+            check_start_args(cls, _check_flags, args, kwargs)
+        return await super().start(*args, name=name, **kwargs)
+
+    @staticmethod
+    async def which_children(sup: Pid | str) -> list[tuple[Any, Pid | None, str]]:
+        """``[(id, pid or None, "worker" | "supervisor"), ...]`` in start order.
+
+        The pid is None for a child that is not running (terminated, or being restarted).
+        """
+        return await call(sup, ("which_children",), timeout=None)  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def count_children(sup: Pid | str) -> dict[str, int]:
+        """``{"specs": n, "active": n, "supervisors": n, "workers": n}``.
+
+        `specs` counts every child spec, `active` the children that are alive, `supervisors`
+        and `workers` the specs of each type, running or not.
+        """
+        return await call(sup, ("count_children",), timeout=None)  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def start_child(sup: Pid | str, child: Child) -> Pid:
+        """Add `child` to the supervisor (last in start order), start it and return its pid.
+
+        Raises:
+            nb.StartError: ``.reason`` is ``("already_started", pid)`` or
+                ``"already_present"`` when a child with that id is running or not; else
+                the reason the child failed to start (its spec is then not added).
+        """
+        if not isinstance(child, Child):
+            raise TypeError(f"Supervisor.start_child() takes an nb.Child, got {child!r}")
+        result = await call(sup, ("start_child", child), timeout=None)
+        if result[0] == "error":
+            _raise_error(sup, "Supervisor.start_child()", result)
+        return result[1]  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def terminate_child(sup: Pid | str, id: Hashable) -> None:
+        """Stop the child `id` (its shutdown, as when the supervisor stops), keeping its spec.
+
+        A temporary child's spec is deleted. Terminating a child that is not running is
+        fine. The child is not restarted until `restart_child`.
+
+        Raises:
+            LookupError: no child has that id.
+        """
+        result = await call(sup, ("terminate_child", id), timeout=None)
+        if result[0] == "error":
+            _raise_error(sup, "Supervisor.terminate_child()", result)
+
+    @staticmethod
+    async def restart_child(sup: Pid | str, id: Hashable) -> Pid:
+        """Start again the terminated child `id` from its spec; return its new pid.
+
+        Raises:
+            LookupError: no child has that id.
+            ValueError: the child is running (or being restarted): terminate it first.
+            nb.StartError: it failed to start.
+        """
+        result = await call(sup, ("restart_child", id), timeout=None)
+        if result[0] == "error":
+            _raise_error(sup, "Supervisor.restart_child()", result)
+        return result[1]  # type: ignore[no-any-return]
+
+    @staticmethod
+    async def delete_child(sup: Pid | str, id: Hashable) -> None:
+        """Remove the spec of the terminated child `id`.
+
+        Raises:
+            LookupError: no child has that id.
+            ValueError: the child is running (or being restarted): terminate it first.
+        """
+        result = await call(sup, ("delete_child", id), timeout=None)
+        if result[0] == "error":
+            _raise_error(sup, "Supervisor.delete_child()", result)
+
+    # -- the supervisor process --------------------------------------------------------------
+
+    async def init(
+        self,
+        children: Sequence[Child] = (),
+        *,
+        strategy: Strategy = "one_for_one",
+        intensity: int = 3,
+        period: float = 5.0,
+    ) -> None:
+        """Start the children in order; on a failure stop them in reverse and give up."""
+        specs = _check_flags(children, strategy=strategy, intensity=intensity, period=period)
+        trap_exit(True)
+        self._strategy: Strategy = strategy
+        self._intensity = intensity
+        self._period = float(period)
+        self._restarts: tuple[float, ...] = ()
+        self._name = supervisor_name()
+        self._children: list[_ChildRecord] = []
+        for spec in specs:
+            record = _ChildRecord(spec)
+            try:
+                record.pid = await start_child_process(spec)
+            except StartError as e:
+                report(logging.ERROR, self._name, "start_error", spec, reason=e.reason)
+                await self._terminate_all()
+                raise Stop(("shutdown", ("failed_to_start_child", spec.id, e.reason))) from e
+            self._children.append(record)
+
+    async def terminate(self, reason: Any) -> None:
+        """Stop every child in reverse start order."""
+        if not is_normal_exit(reason):
+            report(logging.ERROR, self._name, "shutting_down", None, reason=reason)
+        await self._terminate_all()
+
+    async def handle_call(self, request: Any, caller: Any) -> Any:
+        tag = request[0] if type(request) is tuple and request else None
+        if tag == "which_children":
+            return [(r.spec.id, r.pid, r.spec.type) for r in self._children]
+        if tag == "count_children":
+            supervisors = sum(1 for r in self._children if r.spec.type == "supervisor")
+            return {
+                "specs": len(self._children),
+                "active": sum(1 for r in self._children if r.pid is not None and is_alive(r.pid)),
+                "supervisors": supervisors,
+                "workers": len(self._children) - supervisors,
+            }
+        if tag == "start_child" and len(request) == 2 and isinstance(request[1], Child):
+            return await self._start_new_child(request[1])
+        if tag in ("terminate_child", "restart_child", "delete_child") and len(request) == 2:
+            record = self._find_id(request[1])
+            if record is None:
+                return ("error", "not_found", request[1])
+            if tag == "terminate_child":
+                await self._terminate(record)
+                self._child_stopped(record)
+                return ("ok", None)
+            if record.pid is not None or record.restarting:
+                kind = "restarting" if record.restarting else "running"
+                state = "being restarted" if record.restarting else f"running as {record.pid!r}"
+                return (
+                    "error",
+                    kind,
+                    f"child {record.spec.id!r} is {state}; {tag} needs a terminated child "
+                    "(call Supervisor.terminate_child first)",
+                )
+            if tag == "delete_child":
+                self._children.remove(record)
+                return ("ok", None)
+            try:
+                record.pid = await start_child_process(record.spec)
+            except StartError as e:
+                return ("error", "start", e.reason)
+            return ("ok", record.pid)
+        report(logging.ERROR, self._name, "unexpected_message", None, call=request)
+        return ("error", "bad_request", f"unknown supervisor request {request!r}")
+
+    async def handle_cast(self, request: Any) -> None:
+        if type(request) is tuple and len(request) == 2 and request[0] == _TRY_AGAIN:
+            record = self._find_id(request[1])
+            if record is not None and record.restarting:
+                await self._restart(record)
+            return
+        report(logging.ERROR, self._name, "unexpected_message", None, cast=request)
+
+    async def handle_info(self, msg: Any) -> None:
+        if type(msg) is Exit:
+            record = self._find_pid(msg.pid)
+            if record is not None:  # else: a child already handled, or a stranger's link
+                await self._child_exited(record, msg.reason)
+            return
+        report(logging.ERROR, self._name, "unexpected_message", None, msg=msg)
+
+    # -- mechanism ---------------------------------------------------------------------------
+
+    def _find_id(self, id: Any) -> _ChildRecord | None:
+        for record in self._children:
+            if record.spec.id == id:
+                return record
+        return None
+
+    def _find_pid(self, pid: Pid) -> _ChildRecord | None:
+        for record in self._children:
+            if record.pid == pid:
+                return record
+        return None
+
+    def _child_stopped(self, record: _ChildRecord) -> None:
+        """OTP's del_child: a temporary child's spec goes, any other's pid is cleared."""
+        record.pid = None
+        record.restarting = False
+        if record.spec.restart == "temporary" and record in self._children:
+            self._children.remove(record)
+
+    async def _terminate(self, record: _ChildRecord) -> None:
+        if record.pid is not None:
+            await shutdown_children(self._name, [(record.pid, record.spec)])
+            record.pid = None
+
+    async def _terminate_all(self) -> None:
+        for record in reversed(self._children):
+            await self._terminate(record)
+
+    async def _start_new_child(self, spec: Child) -> tuple[Any, ...]:
+        existing = self._find_id(spec.id)
+        if existing is not None:
+            if existing.pid is not None:
+                return ("error", "start", ("already_started", existing.pid))
+            return ("error", "start", "already_present")
+        record = _ChildRecord(spec)
+        try:
+            record.pid = await start_child_process(spec)
+        except StartError as e:
+            return ("error", "start", e.reason)
+        self._children.append(record)
+        return ("ok", record.pid)
+
+    async def _child_exited(self, record: _ChildRecord, reason: Any) -> None:
+        spec = record.spec
+        pid, record.pid = record.pid, None
+        if not should_restart(spec.restart, reason):
+            if not is_normal_exit(reason):
+                report(logging.ERROR, self._name, "child_terminated", spec, pid=pid, reason=reason)
+            self._child_stopped(record)
+            return
+        level = logging.INFO if is_normal_exit(reason) else logging.ERROR
+        report(level, self._name, "child_terminated", spec, pid=pid, reason=reason)
+        await self._restart(record)
+
+    async def _restart(self, record: _ChildRecord) -> None:
+        """Restart `record` (dead or failed to restart) and whom the strategy says with it."""
+        now = asyncio.get_running_loop().time()
+        self._restarts = add_restart(self._restarts, now, self._period)
+        if intensity_exceeded(self._restarts, self._intensity):
+            report(
+                logging.ERROR,
+                self._name,
+                "reached_max_restart_intensity",
+                None,
+                intensity=self._intensity,
+                period=self._period,
+                last_child=record.spec.id,
+            )
+            self._child_stopped(record)
+            raise Stop("shutdown")
+        index = self._children.index(record)
+        group = [
+            self._children[i]
+            for i in children_to_restart(self._strategy, len(self._children), index)
+        ]
+        # Stop the others of the group in reverse order; temporary ones are dropped, not restarted.
+        for other in reversed(group):
+            if other is not record:
+                await self._terminate(other)
+                if other.spec.restart == "temporary":
+                    self._children.remove(other)
+            other.restarting = False
+        for other in group:
+            if other not in self._children:
+                continue
+            try:
+                other.pid = await start_child_process(other.spec)
+            except StartError as e:
+                report(logging.ERROR, self._name, "start_error", other.spec, reason=e.reason)
+                other.restarting = True
+                cast(_self(), (_TRY_AGAIN, other.spec.id))
+                return
+            report(logging.INFO, self._name, "restarted", other.spec, pid=other.pid)
