@@ -73,6 +73,7 @@ _NO_RUNTIME = (
 # The process whose code is running now. Each process task runs in its own context copy.
 _current: contextvars.ContextVar[Process] = contextvars.ContextVar("numbeam.process")
 _set_current = _current.set
+_get_current = _current.get
 _copy_context = contextvars.copy_context
 _new_pid = object.__new__
 # One node per OS process: the runtime that is running, if any.
@@ -621,30 +622,33 @@ def send(dest: Dest, msg: Any) -> None:
     Sending to a dead pid drops the message silently, as in Erlang; an unregistered name raises
     `nb.NoProc`. Within a node the message is passed by reference: treat it as immutable.
     """
-    rt = _runtime
-    if rt is None:
-        raise RuntimeError(_NO_RUNTIME)
-    if type(dest) is Pid:
-        proc = dest._proc
-        if proc is None:
-            proc = rt._lookup(dest)  # an equal Pid object that is not the one spawn made
-            if proc is None:
-                return
-    else:
-        proc = rt._resolve(dest)
+    # The hot path: the pid spawn made caches its live process (cleared when it exits, and
+    # for every process when the runtime stops), so no table lookup and no runtime check.
+    proc = dest._proc if type(dest) is Pid else None
+    if proc is None:
+        proc = _resolve_for_send(dest)
         if proc is None:
             return
-    # The hot path, inlined from Runtime._deliver.
     mb = proc.mailbox
     if mb is None:
         proc.mailbox = mb = deque()
     mb.append(msg)
     if proc.state == _PENDING:
         proc.state = _WOKEN
+        rt = proc.rt
         rt._ready.append(proc)
         if not rt._drain_scheduled:
             rt._drain_scheduled = True
             rt._loop.call_soon(rt._drain)
+
+
+def _resolve_for_send(dest: Any) -> Process | None:
+    rt = _runtime
+    if rt is None:
+        raise RuntimeError(_NO_RUNTIME)
+    if type(dest) is Pid:
+        return rt._lookup(dest)  # an equal Pid object that is not the one spawn made
+    return rt._resolve(dest)
 
 
 def _matcher(match: Match) -> Callable[[Any], bool]:
@@ -680,12 +684,13 @@ def receive(match: Match = None, *, timeout: float | None = None) -> Generator[A
     """
     # A generator-based coroutine rather than `async def`: the wait yields the process record
     # straight to the Task, one frame instead of two on the hottest path of the runtime.
-    proc = _current.get(None)
-    if proc is None:
-        _me("nb.receive()")
-    assert proc is not None
+    proc = _get_current(None)
     if match is None and timeout is None:  # the hot path
-        mb = proc.mailbox
+        try:
+            mb = proc.mailbox
+        except AttributeError:
+            _me("nb.receive()")  # not in a process: raises a clear error
+            raise
         if mb:
             return mb.popleft()
         if proc.state == _PENDING:
@@ -694,6 +699,8 @@ def receive(match: Match = None, *, timeout: float | None = None) -> Generator[A
         proc._asyncio_future_blocking = True
         yield proc
         return proc.mailbox.popleft()  # type: ignore[union-attr]
+    if proc is None:
+        _me("nb.receive()")
     return (yield from _receive_slow(proc, match, timeout))
 
 
