@@ -4,47 +4,24 @@ It starts with no children; `start_child` adds one at a time and returns its pid
 also how the child is named afterwards (`terminate_child` takes the pid, as in Elixir).
 Children are independent, so the strategy is always one_for_one and the state is just a map
 from pid to spec (in start order) plus the specs whose restart failed and waits for a retry.
-Restart decisions and intensity use the same pure functions as `Supervisor`. On termination
-all children are asked to stop at once and each gets its own shutdown time, as Elixir does,
-since none of them depends on another.
+Restart decisions and intensity use the same pure functions and machinery (`_base`) as
+`Supervisor`. On termination all children are asked to stop at once and each gets its own
+shutdown time, as Elixir does, since none of them depends on another.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Hashable
 from typing import Any
 
-from numbeam.actors import (
-    Exit,
-    GenServer,
-    Pid,
-    Ref,
-    StartError,
-    Stop,
-    call,
-    cast,
-    is_alive,
-    is_normal_exit,
-    make_ref,
-    trap_exit,
-)
-from numbeam.actors import self as _self
+from numbeam.actors import Pid, Ref, StartError, Stop, call, is_alive, is_normal_exit, make_ref
 
+from ._base import SupervisorBase
 from ._child import Child, report, shutdown_children, start_child_process
-from ._policy import (
-    add_restart,
-    check_intensity,
-    check_max_children,
-    check_period,
-    intensity_exceeded,
-    should_restart,
-)
-from ._supervisor import check_start_args, supervisor_name
+from ._policy import check_intensity, check_max_children, check_period
 
 __all__ = ["DynamicSupervisor"]
-
-_TRY_AGAIN = "$try_again_restart"
 
 
 def _check_flags(
@@ -56,7 +33,7 @@ def _check_flags(
     return max_children, intensity, float(period)
 
 
-class DynamicSupervisor(GenServer):
+class DynamicSupervisor(SupervisorBase):
     """A supervisor that starts with no children and gets them one by one, at run time.
 
     ``dyn = await nb.DynamicSupervisor.start_link(max_children=None, intensity=3,
@@ -67,7 +44,7 @@ class DynamicSupervisor(GenServer):
     its children at once, each within its own shutdown time.
     """
 
-    _is_supervisor = True
+    _flags = staticmethod(_check_flags)
 
     # -- client API --------------------------------------------------------------------------
 
@@ -86,16 +63,7 @@ class DynamicSupervisor(GenServer):
         Raises:
             TypeError, ValueError: a bad max_children, intensity or period.
         """
-        if cls.init is DynamicSupervisor.init:
-            check_start_args(cls, _check_flags, args, kwargs)
         return await super().start_link(*args, name=name, **kwargs)
-
-    @classmethod
-    async def start(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
-        """Like `start_link`, without linking the supervisor to the caller."""
-        if cls.init is DynamicSupervisor.init:
-            check_start_args(cls, _check_flags, args, kwargs)
-        return await super().start(*args, name=name, **kwargs)
 
     @staticmethod
     async def start_child(dyn: Pid | str, child: Child) -> Pid:
@@ -153,12 +121,10 @@ class DynamicSupervisor(GenServer):
         self, *, max_children: int | None = None, intensity: int = 3, period: float = 5.0
     ) -> None:
         """Trap exits and start empty."""
-        self._max_children, self._intensity, self._period = _check_flags(
+        self._max_children, intensity, period = _check_flags(
             max_children=max_children, intensity=intensity, period=period
         )
-        trap_exit(True)
-        self._restarts: tuple[float, ...] = ()
-        self._name = supervisor_name()
+        self._init_supervisor(intensity, period)
         self._children: dict[Pid, Child] = {}  # running children, in start order
         self._restarting: dict[Ref, Child] = {}  # children whose restart failed, to retry
 
@@ -205,57 +171,29 @@ class DynamicSupervisor(GenServer):
         report(logging.ERROR, self._name, "unexpected_message", None, call=request)
         return ("error", f"unknown dynamic supervisor request {request!r}")
 
-    async def handle_cast(self, request: Any) -> None:
-        if type(request) is tuple and len(request) == 2 and request[0] == _TRY_AGAIN:
-            spec = self._restarting.pop(request[1], None)
-            if spec is not None:
-                await self._restart(spec)
-            return
-        report(logging.ERROR, self._name, "unexpected_message", None, cast=request)
+    # -- mechanism ---------------------------------------------------------------------------
 
-    async def handle_info(self, msg: Any) -> None:
-        if type(msg) is Exit:
-            spec = self._children.pop(msg.pid, None)
-            if spec is None:
-                return  # a child already terminated, or a stranger's link
-            if not should_restart(spec.restart, msg.reason):
-                if not is_normal_exit(msg.reason):
-                    report(
-                        logging.ERROR,
-                        self._name,
-                        "child_terminated",
-                        spec,
-                        pid=msg.pid,
-                        reason=msg.reason,
-                    )
-                return
-            level = logging.INFO if is_normal_exit(msg.reason) else logging.ERROR
-            report(level, self._name, "child_terminated", spec, pid=msg.pid, reason=msg.reason)
+    async def _child_exit(self, pid: Pid, reason: Any) -> None:
+        spec = self._children.pop(pid, None)
+        if spec is None:
+            return  # a child already terminated, or a stranger's link
+        if self._report_exit(spec, pid, reason):
             await self._restart(spec)
-            return
-        report(logging.ERROR, self._name, "unexpected_message", None, msg=msg)
+
+    async def _try_again_restart(self, key: Hashable) -> None:
+        spec = self._restarting.pop(key, None)
+        if spec is not None:
+            await self._restart(spec)
 
     async def _restart(self, spec: Child) -> None:
-        now = asyncio.get_running_loop().time()
-        self._restarts = add_restart(self._restarts, now, self._period)
-        if intensity_exceeded(self._restarts, self._intensity):
-            report(
-                logging.ERROR,
-                self._name,
-                "reached_max_restart_intensity",
-                None,
-                intensity=self._intensity,
-                period=self._period,
-                last_child=spec.id,
-            )
+        if not self._restart_allowed(spec):
             raise Stop("shutdown")
         try:
             pid = await start_child_process(spec)
         except StartError as e:
-            report(logging.ERROR, self._name, "start_error", spec, reason=e.reason)
             ref = make_ref()
             self._restarting[ref] = spec
-            cast(_self(), (_TRY_AGAIN, ref))
+            self._retry_restart(spec, e.reason, ref)
             return
         self._children[pid] = spec
         report(logging.INFO, self._name, "restarted", spec, pid=pid)

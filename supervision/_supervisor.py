@@ -2,7 +2,8 @@
 
 The supervisor traps exits, so a child's death arrives as an `nb.Exit` message; it decides
 what to do with the pure functions of `_policy` (restart or not, whom to restart, whether the
-restart intensity is exceeded) and does it with `_child` (start a spec, OTP's ``shutdown/2``).
+restart intensity is exceeded) and does it with `_child` (start a spec, OTP's ``shutdown/2``);
+what it shares with `DynamicSupervisor` (checked starts, exit reports, retries) is in `_base`.
 Its state is one list of child records in start order: children start in that order and
 stop in reverse. An exit signal from its parent reaches `terminate` through the GenServer
 machinery, which stops every child in reverse order; that is how a tree shuts down.
@@ -18,42 +19,17 @@ registered name) with no timeout, like OTP's.
 
 from __future__ import annotations
 
-import asyncio
-import inspect
 import logging
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, NoReturn
 
-from numbeam.actors import (
-    Exit,
-    GenServer,
-    Pid,
-    StartError,
-    Stop,
-    call,
-    cast,
-    is_alive,
-    is_normal_exit,
-    process_info,
-    trap_exit,
-)
-from numbeam.actors import self as _self
+from numbeam.actors import Pid, StartError, Stop, call, is_alive, is_normal_exit
 
+from ._base import SupervisorBase
 from ._child import Child, report, shutdown_children, start_child_process
-from ._policy import (
-    Strategy,
-    add_restart,
-    check_intensity,
-    check_period,
-    check_strategy,
-    children_to_restart,
-    intensity_exceeded,
-    should_restart,
-)
+from ._policy import Strategy, check_intensity, check_period, check_strategy, children_to_restart
 
 __all__ = ["Supervisor"]
-
-_TRY_AGAIN = "$try_again_restart"
 
 
 class _ChildRecord:
@@ -96,25 +72,6 @@ def _check_flags(
     return check_children(children)
 
 
-def check_start_args(
-    cls: type, check: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> None:
-    """Validate start_link's arguments with `check` before any process starts."""
-    try:
-        inspect.signature(check).bind(*args, **kwargs)
-    except TypeError as e:
-        raise TypeError(f"{cls.__name__}.start_link(): {e}") from None
-    check(*args, **kwargs)
-
-
-def supervisor_name() -> Any:
-    """How reports name the calling supervisor: its registered name, else its pid."""
-    me = _self()
-    info = process_info(me)
-    name = None if info is None else info.get("registered_name")
-    return me if name is None else name
-
-
 def _raise_error(sup: Any, what: str, error: tuple[Any, ...]) -> NoReturn:
     kind, reason = error[1], error[2]
     if kind == "not_found":
@@ -124,7 +81,15 @@ def _raise_error(sup: Any, what: str, error: tuple[Any, ...]) -> NoReturn:
     raise ValueError(f"{what}: {reason}")  # running, restarting, bad_request
 
 
-class Supervisor(GenServer):
+async def _request(sup: Pid | str, request: tuple[Any, ...], what: str) -> Any:
+    """`nb.call` the supervisor with no timeout; the answer's value, or its error raised."""
+    result = await call(sup, request, timeout=None)
+    if result[0] == "error":
+        _raise_error(sup, what, result)
+    return result[1]
+
+
+class Supervisor(SupervisorBase):
     """A process that starts children, restarts them as its strategy says, and stops them.
 
     ``sup = await nb.Supervisor.start_link(children, strategy="one_for_one", intensity=3,
@@ -144,7 +109,7 @@ class Supervisor(GenServer):
     ``"infinity"`` and type ``"supervisor"`` by default.
     """
 
-    _is_supervisor = True
+    _flags = staticmethod(_check_flags)
 
     # -- client API --------------------------------------------------------------------------
 
@@ -167,16 +132,7 @@ class Supervisor(GenServer):
             nb.StartError: a child failed to start; ``.reason`` is
                 ``("shutdown", ("failed_to_start_child", id, reason))``.
         """
-        if cls.init is Supervisor.init:
-            check_start_args(cls, _check_flags, args, kwargs)
         return await super().start_link(*args, name=name, **kwargs)
-
-    @classmethod
-    async def start(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
-        """Like `start_link`, without linking the supervisor to the caller."""
-        if cls.init is Supervisor.init:
-            check_start_args(cls, _check_flags, args, kwargs)
-        return await super().start(*args, name=name, **kwargs)
 
     @staticmethod
     async def which_children(sup: Pid | str) -> list[tuple[Any, Pid | None, str]]:
@@ -206,10 +162,8 @@ class Supervisor(GenServer):
         """
         if not isinstance(child, Child):
             raise TypeError(f"Supervisor.start_child() takes an nb.Child, got {child!r}")
-        result = await call(sup, ("start_child", child), timeout=None)
-        if result[0] == "error":
-            _raise_error(sup, "Supervisor.start_child()", result)
-        return result[1]  # type: ignore[no-any-return]
+        pid: Pid = await _request(sup, ("start_child", child), "Supervisor.start_child()")
+        return pid
 
     @staticmethod
     async def terminate_child(sup: Pid | str, id: Hashable) -> None:
@@ -221,9 +175,7 @@ class Supervisor(GenServer):
         Raises:
             LookupError: no child has that id.
         """
-        result = await call(sup, ("terminate_child", id), timeout=None)
-        if result[0] == "error":
-            _raise_error(sup, "Supervisor.terminate_child()", result)
+        await _request(sup, ("terminate_child", id), "Supervisor.terminate_child()")
 
     @staticmethod
     async def restart_child(sup: Pid | str, id: Hashable) -> Pid:
@@ -234,10 +186,8 @@ class Supervisor(GenServer):
             ValueError: the child is running (or being restarted): terminate it first.
             nb.StartError: it failed to start.
         """
-        result = await call(sup, ("restart_child", id), timeout=None)
-        if result[0] == "error":
-            _raise_error(sup, "Supervisor.restart_child()", result)
-        return result[1]  # type: ignore[no-any-return]
+        pid: Pid = await _request(sup, ("restart_child", id), "Supervisor.restart_child()")
+        return pid
 
     @staticmethod
     async def delete_child(sup: Pid | str, id: Hashable) -> None:
@@ -247,9 +197,7 @@ class Supervisor(GenServer):
             LookupError: no child has that id.
             ValueError: the child is running (or being restarted): terminate it first.
         """
-        result = await call(sup, ("delete_child", id), timeout=None)
-        if result[0] == "error":
-            _raise_error(sup, "Supervisor.delete_child()", result)
+        await _request(sup, ("delete_child", id), "Supervisor.delete_child()")
 
     # -- the supervisor process --------------------------------------------------------------
 
@@ -263,12 +211,8 @@ class Supervisor(GenServer):
     ) -> None:
         """Start the children in order; on a failure stop them in reverse and give up."""
         specs = _check_flags(children, strategy=strategy, intensity=intensity, period=period)
-        trap_exit(True)
+        self._init_supervisor(intensity, period)
         self._strategy: Strategy = strategy
-        self._intensity = intensity
-        self._period = float(period)
-        self._restarts: tuple[float, ...] = ()
-        self._name = supervisor_name()
         self._children: list[_ChildRecord] = []
         for spec in specs:
             record = _ChildRecord(spec)
@@ -328,23 +272,22 @@ class Supervisor(GenServer):
         report(logging.ERROR, self._name, "unexpected_message", None, call=request)
         return ("error", "bad_request", f"unknown supervisor request {request!r}")
 
-    async def handle_cast(self, request: Any) -> None:
-        if type(request) is tuple and len(request) == 2 and request[0] == _TRY_AGAIN:
-            record = self._find_id(request[1])
-            if record is not None and record.restarting:
-                await self._restart(record)
-            return
-        report(logging.ERROR, self._name, "unexpected_message", None, cast=request)
-
-    async def handle_info(self, msg: Any) -> None:
-        if type(msg) is Exit:
-            record = self._find_pid(msg.pid)
-            if record is not None:  # else: a child already handled, or a stranger's link
-                await self._child_exited(record, msg.reason)
-            return
-        report(logging.ERROR, self._name, "unexpected_message", None, msg=msg)
-
     # -- mechanism ---------------------------------------------------------------------------
+
+    async def _child_exit(self, pid: Pid, reason: Any) -> None:
+        record = self._find_pid(pid)
+        if record is None:
+            return  # a child already handled, or a stranger's link
+        record.pid = None
+        if self._report_exit(record.spec, pid, reason):
+            await self._restart(record)
+        else:
+            self._child_stopped(record)
+
+    async def _try_again_restart(self, key: Hashable) -> None:
+        record = self._find_id(key)
+        if record is not None and record.restarting:
+            await self._restart(record)
 
     def _find_id(self, id: Any) -> _ChildRecord | None:
         for record in self._children:
@@ -388,32 +331,9 @@ class Supervisor(GenServer):
         self._children.append(record)
         return ("ok", record.pid)
 
-    async def _child_exited(self, record: _ChildRecord, reason: Any) -> None:
-        spec = record.spec
-        pid, record.pid = record.pid, None
-        if not should_restart(spec.restart, reason):
-            if not is_normal_exit(reason):
-                report(logging.ERROR, self._name, "child_terminated", spec, pid=pid, reason=reason)
-            self._child_stopped(record)
-            return
-        level = logging.INFO if is_normal_exit(reason) else logging.ERROR
-        report(level, self._name, "child_terminated", spec, pid=pid, reason=reason)
-        await self._restart(record)
-
     async def _restart(self, record: _ChildRecord) -> None:
         """Restart `record` (dead or failed to restart) and whom the strategy says with it."""
-        now = asyncio.get_running_loop().time()
-        self._restarts = add_restart(self._restarts, now, self._period)
-        if intensity_exceeded(self._restarts, self._intensity):
-            report(
-                logging.ERROR,
-                self._name,
-                "reached_max_restart_intensity",
-                None,
-                intensity=self._intensity,
-                period=self._period,
-                last_child=record.spec.id,
-            )
+        if not self._restart_allowed(record.spec):
             self._child_stopped(record)
             raise Stop("shutdown")
         index = self._children.index(record)
@@ -434,8 +354,7 @@ class Supervisor(GenServer):
             try:
                 other.pid = await start_child_process(other.spec)
             except StartError as e:
-                report(logging.ERROR, self._name, "start_error", other.spec, reason=e.reason)
                 other.restarting = True
-                cast(_self(), (_TRY_AGAIN, other.spec.id))
+                self._retry_restart(other.spec, e.reason, other.spec.id)
                 return
             report(logging.INFO, self._name, "restarted", other.spec, pid=other.pid)

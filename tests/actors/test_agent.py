@@ -8,10 +8,9 @@ the agent like any GenServer callback, and the waiting caller gets `nb.CallError
 from __future__ import annotations
 
 import pytest
+from actor_helpers import WAIT
 
 import numbeam as nb
-
-WAIT = 2.0
 
 
 async def test_get_returns_a_function_of_the_initial_state() -> None:

@@ -13,10 +13,6 @@ def not_async_worker() -> None:
     return None
 
 
-async def wait_forever() -> None:
-    await nb.receive()
-
-
 async def main() -> None:
     return None
 

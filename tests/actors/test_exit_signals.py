@@ -5,16 +5,9 @@ from __future__ import annotations
 import logging
 
 import pytest
+from actor_helpers import stop_with, wait_forever
 
 import numbeam as nb
-
-
-async def wait_forever() -> None:
-    await nb.receive()
-
-
-async def stop_with(reason: object) -> None:
-    raise nb.Stop(reason)
 
 
 async def crash_with(exc: BaseException) -> None:

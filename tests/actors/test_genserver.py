@@ -13,16 +13,9 @@ import logging
 from typing import Any
 
 import pytest
+from actor_helpers import WAIT, down_of
 
 import numbeam as nb
-
-WAIT = 2.0
-
-
-async def down_of(ref: nb.Ref) -> nb.Down:
-    msg = await nb.receive(lambda m: isinstance(m, nb.Down) and m.ref == ref, timeout=WAIT)
-    assert isinstance(msg, nb.Down)
-    return msg
 
 
 class Counter(nb.GenServer):

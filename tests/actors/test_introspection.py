@@ -2,26 +2,14 @@
 
 from __future__ import annotations
 
+from actor_helpers import dead_pid, wait_forever
+
 import numbeam as nb
-
-
-async def wait_forever() -> None:
-    await nb.receive()
-
-
-async def exit_at_once() -> None:
-    return None
 
 
 async def report_info(to: nb.Pid) -> None:
     nb.send(to, nb.process_info(nb.self()))
     await nb.receive()
-
-
-async def dead_pid() -> nb.Pid:
-    pid, _ = nb.spawn_monitor(exit_at_once)
-    await nb.receive(nb.Down, timeout=2)
-    return pid
 
 
 async def test_is_alive_is_true_for_live_process() -> None:

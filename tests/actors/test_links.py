@@ -3,21 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from actor_helpers import crash_on_message, dead_pid, stop_with, wait_forever
 
 import numbeam as nb
-
-
-async def wait_forever() -> None:
-    await nb.receive()
-
-
-async def stop_with(reason: object) -> None:
-    raise nb.Stop(reason)
-
-
-async def crash_on_message(exc: BaseException) -> None:
-    await nb.receive()
-    raise exc
 
 
 async def link_then_wait(to: nb.Pid, other: nb.Pid) -> None:
@@ -31,16 +19,6 @@ async def trap_link_then_forward(to: nb.Pid, other: nb.Pid) -> None:
     nb.link(other)
     nb.send(to, ("linked", nb.self()))
     nb.send(to, ("got", await nb.receive()))
-
-
-async def exit_at_once() -> None:
-    return None
-
-
-async def dead_pid() -> nb.Pid:
-    pid, _ = nb.spawn_monitor(exit_at_once)
-    await nb.receive(nb.Down, timeout=2)
-    return pid
 
 
 async def test_crash_propagates_to_linked_process_with_the_reason() -> None:

@@ -5,12 +5,9 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from actor_helpers import crash_on_message, dead_pid, wait_forever
 
 import numbeam as nb
-
-
-async def wait_forever() -> None:
-    await nb.receive()
 
 
 async def exit_on_message(reason: object) -> None:
@@ -18,25 +15,10 @@ async def exit_on_message(reason: object) -> None:
     raise nb.Stop(reason)
 
 
-async def crash_on_message(exc: BaseException) -> None:
-    await nb.receive()
-    raise exc
-
-
 async def monitor_then_wait(to: nb.Pid, target: nb.Pid) -> None:
     nb.monitor(target)
     nb.send(to, "monitoring")
     await nb.receive()
-
-
-async def exit_at_once() -> None:
-    return None
-
-
-async def dead_pid() -> nb.Pid:
-    pid, _ = nb.spawn_monitor(exit_at_once)
-    await nb.receive(nb.Down, timeout=2)
-    return pid
 
 
 async def test_monitor_delivers_down_with_exit_reason() -> None:

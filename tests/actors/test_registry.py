@@ -3,20 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from actor_helpers import exit_at_once, exit_on_message, wait_forever
 
 import numbeam as nb
-
-
-async def wait_forever() -> None:
-    await nb.receive()
-
-
-async def exit_on_message() -> None:
-    await nb.receive()
-
-
-async def exit_at_once() -> None:
-    return None
 
 
 async def test_register_then_whereis_returns_the_pid() -> None:

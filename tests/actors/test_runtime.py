@@ -7,29 +7,15 @@ import contextvars
 import importlib.util
 
 import pytest
+from actor_helpers import add, crash_on_message, echo, wait_forever
 
 import numbeam as nb
 
 HAS_UVLOOP = importlib.util.find_spec("uvloop") is not None
 
 
-async def wait_forever() -> None:
-    await nb.receive()
-
-
-async def echo() -> None:
-    while True:
-        sender, msg = await nb.receive()
-        nb.send(sender, msg)
-
-
 async def answer(to: nb.Pid, i: int) -> None:
     nb.send(to, i)
-
-
-async def crash_on_message(exc: BaseException) -> None:
-    await nb.receive()
-    raise exc
 
 
 async def exit_shell_on_message(shell: nb.Pid, reason: object) -> None:
@@ -68,10 +54,6 @@ async def trap_until_exit(log: list[object], to: nb.Pid) -> None:
 
 
 # ---- nb.run --------------------------------------------------------------------------------
-
-
-async def add(a: int, b: int) -> int:
-    return a + b
 
 
 async def fail(message: str) -> None:

@@ -5,23 +5,14 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from actor_helpers import dead_pid, echo
 
 import numbeam as nb
-
-
-async def echo() -> None:
-    while True:
-        sender, msg = await nb.receive()
-        nb.send(sender, msg)
 
 
 async def send_all(to: nb.Pid, msgs: list[object]) -> None:
     for m in msgs:
         nb.send(to, m)
-
-
-async def exit_at_once() -> None:
-    return None
 
 
 async def report_task_then_receive(to: nb.Pid) -> None:
@@ -33,12 +24,6 @@ async def report_task_then_receive(to: nb.Pid) -> None:
         nb.send(to, ("cancelled", await nb.receive(timeout=0)))
         return
     nb.send(to, "receive returned")
-
-
-async def dead_pid() -> nb.Pid:
-    pid, _ = nb.spawn_monitor(exit_at_once)
-    await nb.receive(nb.Down, timeout=2)
-    return pid
 
 
 async def test_send_to_pid_delivers() -> None:

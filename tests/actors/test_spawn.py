@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from actor_helpers import wait_forever
+
 import numbeam as nb
 
 
@@ -11,10 +13,6 @@ async def reply_args(to: nb.Pid, *args: object) -> None:
 
 async def reply_self(to: nb.Pid) -> None:
     nb.send(to, ("self", nb.self()))
-
-
-async def wait_forever() -> None:
-    await nb.receive()
 
 
 async def crash_at_once(exc: BaseException) -> None:

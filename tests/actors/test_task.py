@@ -12,20 +12,9 @@ import asyncio
 from typing import Any
 
 import pytest
+from actor_helpers import WAIT, add, down_of
 
 import numbeam as nb
-
-WAIT = 2.0
-
-
-async def down_of(ref: nb.Ref) -> nb.Down:
-    msg = await nb.receive(lambda m: isinstance(m, nb.Down) and m.ref == ref, timeout=WAIT)
-    assert isinstance(msg, nb.Down)
-    return msg
-
-
-async def add(a: int, b: int) -> int:
-    return a + b
 
 
 async def wait_for_go() -> str:

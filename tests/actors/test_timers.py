@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from actor_helpers import exit_on_message
 
 import numbeam as nb
 
 
-async def wait_forever() -> None:
-    await nb.receive()
-
-
 async def forward_one(to: nb.Pid) -> None:
     nb.send(to, ("forwarded", await nb.receive()))
-
-
-async def exit_on_message() -> None:
-    await nb.receive()
 
 
 async def test_send_after_delivers_message_to_pid() -> None:

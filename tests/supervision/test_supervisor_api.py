@@ -4,23 +4,12 @@ already_started / already_present)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from supervision_helpers import FailingInit, Gated, T, node, started, tagged
 
 import numbeam as nb
-
-T = 2.0  # the longest any single wait in these tests may take
-
-
-@contextlib.asynccontextmanager
-async def node() -> AsyncIterator[None]:
-    """A fresh node, and a bound on the whole test: supervisor calls wait without a timeout."""
-    async with nb.Runtime(), asyncio.timeout(10):
-        yield
 
 
 class Worker(nb.GenServer):
@@ -28,34 +17,8 @@ class Worker(nb.GenServer):
         nb.send(test, ("started", id, nb.self()))
 
 
-class FailingInit(nb.GenServer):
-    async def init(self) -> None:
-        raise nb.Stop("cannot start")
-
-
-class Gated(nb.GenServer):
-    """Starts the first time; on restarts, its init asks the test ("init?", pid) and starts
-    only if the answer is "ok". `starts` is an Agent counting the starts."""
-
-    async def init(self, test: nb.Pid, starts: nb.Pid) -> None:
-        if await nb.Agent.get_and_update(starts, lambda n: (n, n + 1)) > 0:
-            nb.send(test, ("init?", nb.self()))
-            if await nb.receive(lambda m: m in ("ok", "fail"), timeout=T) == "fail":
-                raise nb.Stop("refused")
-        nb.send(test, ("started", "g", nb.self()))
-
-
 def worker(id: str, restart: str = "permanent") -> nb.Child:
     return nb.Child(Worker, args=(nb.self(), id), id=id, restart=restart)  # type: ignore[arg-type]
-
-
-def tagged(tag: str) -> Any:
-    return lambda m: type(m) is tuple and m[0] == tag
-
-
-async def started(id: str) -> nb.Pid:
-    msg = await nb.receive(lambda m: type(m) is tuple and m[:2] == ("started", id), timeout=T)
-    return msg[2]
 
 
 async def start(*children: nb.Child, **flags: Any) -> tuple[nb.Pid, list[nb.Pid]]:

@@ -9,38 +9,21 @@ Exit has been handled, so "no restart happened" is checked without waiting for t
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from supervision_helpers import ReportingWorker, T, is_report, node, reports, started
 
 import numbeam as nb
 
-T = 2.0  # the longest any single wait in these tests may take
 
-
-@contextlib.asynccontextmanager
-async def node() -> AsyncIterator[None]:
-    """A fresh node, and a bound on the whole test: supervisor calls wait without a timeout."""
-    async with nb.Runtime(), asyncio.timeout(10):
-        yield
-
-
-class Worker(nb.GenServer):
-    async def init(self, test: nb.Pid, id: str) -> None:
-        self.test, self.id = test, id
-        nb.trap_exit(True)
-        nb.send(test, ("started", id, nb.self()))
+class Worker(ReportingWorker):
+    """Crashes on the "crash" cast; stops with `reason` on ("stop", reason)."""
 
     async def handle_cast(self, request: Any) -> None:
         if request == "crash":
             raise RuntimeError(f"{self.id} crashed on purpose")
         raise nb.Stop(request[1])  # ("stop", reason)
-
-    async def terminate(self, reason: Any) -> None:
-        nb.send(self.test, ("stopped", self.id, reason))
 
 
 class Gated(nb.GenServer):
@@ -66,20 +49,6 @@ async def init_asked() -> nb.Pid:
 
 def child(id: str, restart: str = "permanent") -> nb.Child:
     return nb.Child(Worker, args=(nb.self(), id), id=id, restart=restart)  # type: ignore[arg-type]
-
-
-def is_report(m: Any) -> bool:
-    return type(m) is tuple and len(m) == 3 and m[0] in ("started", "stopped")
-
-
-async def reports(n: int) -> list[tuple[str, str]]:
-    """The next `n` started/stopped reports, as (event, id)."""
-    return [(m[0], m[1]) for m in [await nb.receive(is_report, timeout=T) for _ in range(n)]]
-
-
-async def started(id: str) -> nb.Pid:
-    msg = await nb.receive(lambda m: is_report(m) and m[:2] == ("started", id), timeout=T)
-    return msg[2]
 
 
 async def exit_child(pid: nb.Pid, reason: Any) -> None:

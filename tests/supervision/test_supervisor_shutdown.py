@@ -7,33 +7,13 @@ Children report to the test process; see test_supervisor_restarts.py for the pat
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from supervision_helpers import ReportingWorker, T, is_report, node, reports, started
 
 import numbeam as nb
-
-T = 2.0  # the longest any single wait in these tests may take
-
-
-@contextlib.asynccontextmanager
-async def node() -> AsyncIterator[None]:
-    """A fresh node, and a bound on the whole test: supervisor calls wait without a timeout."""
-    async with nb.Runtime(), asyncio.timeout(10):
-        yield
-
-
-class Worker(nb.GenServer):
-    async def init(self, test: nb.Pid, id: str) -> None:
-        self.test, self.id = test, id
-        nb.trap_exit(True)
-        nb.send(test, ("started", id, nb.self()))
-
-    async def terminate(self, reason: Any) -> None:
-        nb.send(self.test, ("stopped", self.id, reason))
 
 
 class FailingInit(nb.GenServer):
@@ -60,20 +40,7 @@ async def slow_to_stop(test: nb.Pid, id: str) -> None:
 
 
 def worker(id: str) -> nb.Child:
-    return nb.Child(Worker, args=(nb.self(), id), id=id)
-
-
-def is_report(m: Any) -> bool:
-    return type(m) is tuple and len(m) == 3 and m[0] in ("started", "stopped")
-
-
-async def reports(n: int) -> list[tuple[str, str]]:
-    return [(m[0], m[1]) for m in [await nb.receive(is_report, timeout=T) for _ in range(n)]]
-
-
-async def started(id: str) -> nb.Pid:
-    msg = await nb.receive(lambda m: is_report(m) and m[:2] == ("started", id), timeout=T)
-    return msg[2]
+    return nb.Child(ReportingWorker, args=(nb.self(), id), id=id)
 
 
 async def down(ref: nb.Ref) -> nb.Down:
