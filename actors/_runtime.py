@@ -73,7 +73,9 @@ _NO_RUNTIME = (
 # The process whose code is running now. Each process task runs in its own context copy.
 _current: contextvars.ContextVar[Process] = contextvars.ContextVar("numbeam.process")
 _set_current = _current.set
-_get_current = _current.get
+# Typed as returning a Process: where it returns None (outside a process) the caller's
+# attribute access raises AttributeError, which it turns into a clear error.
+_get_current: Callable[[None], Process] = _current.get  # type: ignore[assignment]
 _copy_context = contextvars.copy_context
 _new_pid = object.__new__
 # One node per OS process: the runtime that is running, if any.
@@ -285,7 +287,7 @@ class Runtime:
         _runtime = self
         return self
 
-    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
         global _runtime
         root = self._root
         assert root is not None and root.task is not None and self._token is not None
@@ -316,7 +318,6 @@ class Runtime:
             if isinstance(killed, BaseException):
                 raise Stop(killed) from killed
             raise Stop(killed)
-        return False
 
     async def _shutdown(self, root: Process, reason: Any) -> None:
         self._stopping = True
@@ -408,7 +409,7 @@ class Runtime:
                 link_to.links.add(pid)
         ctx = _copy_context()
         ctx.run(_set_current, proc)
-        task = self._loop.create_task(fn(*args), context=ctx)  # type: ignore[arg-type]
+        task: asyncio.Task[Any] = self._loop.create_task(fn(*args), context=ctx)  # type: ignore[arg-type]
         # The record itself is the done callback (Process.__call__): no bound method, and
         # passing the context spares the copy add_done_callback would make.
         task.add_done_callback(proc, context=ctx)
@@ -1025,4 +1026,5 @@ def run(main: Callable[..., Coroutine[Any, Any, T]], *args: Any, **options: Any)
         else:
             loop_factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(_main())
+        result = runner.run(_main())
+    return result

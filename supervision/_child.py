@@ -168,7 +168,7 @@ async def start_child_process(spec: Child) -> Pid:
     start = spec.start
     if isinstance(start, type):
         try:
-            pid = await start.start_link(*spec.args, **spec.kwargs)  # type: ignore[attr-defined]
+            pid = await start.start_link(*spec.args, **(spec.kwargs or {}))  # type: ignore[attr-defined]
         except StartError:
             raise
         except Exception as e:

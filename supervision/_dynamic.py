@@ -151,10 +151,10 @@ class DynamicSupervisor(SupervisorBase):
             self._children[pid] = spec
             return ("ok", pid)
         if tag == "terminate_child" and len(request) == 2:
-            spec = self._children.pop(request[1], None)
-            if spec is None:
+            removed = self._children.pop(request[1], None)
+            if removed is None:
                 return ("error", "not_found")
-            await shutdown_children(self._name, [(request[1], spec)])
+            await shutdown_children(self._name, [(request[1], removed)])
             return ("ok", None)
         if tag == "which_children":
             running = [(None, pid, spec.type) for pid, spec in self._children.items()]
