@@ -150,10 +150,10 @@ async def _serve(
         server = cls()
         await server.init(*args, **kwargs)
     except Exception as e:
-        _init_failed(me, parent, ack, e)
+        _init_failed(parent, ack, e)
         raise
     except Stop as e:
-        _init_failed(me, parent, ack, e.reason)
+        _init_failed(parent, ack, e.reason)
         raise
     send(parent, ("$ack", ack, True, None))
     try:
@@ -182,7 +182,8 @@ async def _serve(
         raise
 
 
-def _init_failed(me: Any, parent: Pid, ack: Ref, reason: Any) -> None:
+def _init_failed(parent: Pid, ack: Ref, reason: Any) -> None:
+    # Unlink first, so the starter learns of the failure from StartError, not by dying.
     rt_mod.unlink(parent)
     send(parent, ("$ack", ack, False, reason))
 
