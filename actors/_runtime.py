@@ -301,7 +301,6 @@ class Runtime:
                 except asyncio.CancelledError:
                     pass
             root.task.uncancel()
-        if killed is not None:
             reason = killed
         elif isinstance(exc, Stop):
             reason = exc.reason  # `raise nb.Stop(reason)` in the block: exactly that reason
@@ -402,11 +401,7 @@ class Runtime:
         proc = Process(self, fn)
         pid = proc.pid
         if link_to is not None:
-            proc.links = {link_to.pid}
-            if link_to.links is None:
-                link_to.links = {pid}
-            else:
-                link_to.links.add(pid)
+            _add_link(proc, link_to)
         ctx = _copy_context()
         ctx.run(_set_current, proc)
         task: asyncio.Task[Any] = self._loop.create_task(fn(*args), context=ctx)  # type: ignore[arg-type]
@@ -419,6 +414,17 @@ class Runtime:
             proc.name = name
             self._names[name] = proc
         return proc
+
+    def _monitor(self, watcher: Process, target: Process) -> Ref:
+        """Record a monitor of `target` by `watcher` on both sides; return its ref."""
+        ref = Ref(self.node)
+        if target.monitored_by is None:
+            target.monitored_by = {}
+        target.monitored_by[ref] = watcher.pid
+        if watcher.monitors is None:
+            watcher.monitors = {}
+        watcher.monitors[ref] = target.pid
+        return ref
 
     def _lookup(self, pid: Pid) -> Process | None:
         proc = self._procs.get(pid.id)
@@ -452,10 +458,7 @@ class Runtime:
         mb.append(msg)
         if proc.state == _PENDING:
             proc.state = _WOKEN
-            self._ready.append(proc)
-            if not self._drain_scheduled:
-                self._drain_scheduled = True
-                self._loop.call_soon(self._drain)
+            self._make_ready(proc)
 
     def _kill(self, proc: Process, reason: Any) -> None:
         if proc.kill_reason is not None:
@@ -476,9 +479,8 @@ class Runtime:
         pid._proc = None
         if self._procs.get(pid.id) is proc:
             del self._procs[pid.id]
-        if proc.name is not None:
-            if self._names.get(proc.name) is proc:
-                del self._names[proc.name]
+        if proc.name is not None and self._names.get(proc.name) is proc:
+            del self._names[proc.name]
         if proc.timers:
             for tref in proc.timers:
                 handle = self._timers.pop(tref, None)
@@ -597,24 +599,17 @@ def spawn_link(
     fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
 ) -> Pid:
     """Spawn ``fn(*args)`` and link it to the calling process, atomically."""
-    rt = _rt()
     me = _me("nb.spawn_link()")
     _check_async_fn(fn, "nb.spawn_link()")
-    return rt._spawn(fn, args, name, me).pid
+    return me.rt._spawn(fn, args, name, me).pid
 
 
 def spawn_monitor(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> tuple[Pid, Ref]:
     """Spawn ``fn(*args)`` and monitor it from the calling process, atomically."""
-    rt = _rt()
     me = _me("nb.spawn_monitor()")
     _check_async_fn(fn, "nb.spawn_monitor()")
-    proc = rt._spawn(fn, args, None, None)
-    ref = Ref(rt.node)
-    proc.monitored_by = {ref: me.pid}
-    if me.monitors is None:
-        me.monitors = {}
-    me.monitors[ref] = proc.pid
-    return proc.pid, ref
+    proc = me.rt._spawn(fn, args, None, None)
+    return proc.pid, me.rt._monitor(me, proc)
 
 
 def send(dest: Dest, msg: Any) -> None:
@@ -771,12 +766,16 @@ def link(pid: Pid) -> None:
             me.rt._deliver(me, Exit(pid, "noproc"))
             return
         raise NoProc(f"cannot link to {pid!r}: no such process")
-    if me.links is None:
-        me.links = set()
-    me.links.add(pid)
-    if target.links is None:
-        target.links = set()
-    target.links.add(me.pid)
+    _add_link(me, target)
+
+
+def _add_link(a: Process, b: Process) -> None:
+    if a.links is None:
+        a.links = set()
+    a.links.add(b.pid)
+    if b.links is None:
+        b.links = set()
+    b.links.add(a.pid)
 
 
 def unlink(pid: Pid) -> None:
@@ -799,7 +798,6 @@ def monitor(target: Pid | str) -> Ref:
     """
     me = _me("nb.monitor()")
     rt = me.rt
-    ref = Ref(rt.node)
     if type(target) is Pid:
         proc = rt._lookup(target)
     elif type(target) is str:
@@ -807,15 +805,10 @@ def monitor(target: Pid | str) -> Ref:
     else:
         raise TypeError(f"nb.monitor() takes a Pid or a registered name, got {target!r}")
     if proc is None:
+        ref = Ref(rt.node)
         rt._deliver(me, Down(ref, target, "noproc"))  # type: ignore[arg-type]
         return ref
-    if proc.monitored_by is None:
-        proc.monitored_by = {}
-    proc.monitored_by[ref] = me.pid
-    if me.monitors is None:
-        me.monitors = {}
-    me.monitors[ref] = proc.pid
-    return ref
+    return rt._monitor(me, proc)
 
 
 def demonitor(ref: Ref, flush: bool = False) -> bool:

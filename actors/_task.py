@@ -58,11 +58,7 @@ class Task(Generic[T]):
         rt = me.rt
         ref = Ref(rt.node)
         proc = rt._spawn(_task_main, (me.pid, ref, fn, args), None, me)
-        mref = Ref(rt.node)
-        proc.monitored_by = {mref: me.pid}
-        if me.monitors is None:
-            me.monitors = {}
-        me.monitors[mref] = proc.pid
+        mref = rt._monitor(me, proc)
         if me.aliases is None:
             me.aliases = set()
         me.aliases.add(ref)
