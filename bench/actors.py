@@ -518,62 +518,37 @@ def restart_row(crashes: int) -> Row:
 BENCHMARKS = ("ping-pong", "one-way", "spawn", "ring", "restart")
 
 
+_RateSpec = tuple[str, int, Callable[[], Any], Callable[..., Any], tuple[int, ...], float | None]
+
+
 def run_all(sizes: Sizes, only: set[str]) -> list[Row]:
+    n_pp, n_ow, n_sp = sizes.pingpong, sizes.oneway, sizes.spawn
+    m, k = sizes.ring_size, sizes.ring_laps
+    # key: (row name, units of work, baseline, numbeam side, its args, target ratio)
+    rates: dict[str, _RateSpec] = {
+        "ping-pong": (
+            f"ping-pong ({n_pp // 1000}k round trips)",
+            n_pp, lambda: aio_pingpong(n_pp), nb_pingpong, (n_pp,), 3.0,
+        ),
+        "one-way": (
+            f"one-way, 1 -> 1 ({n_ow // 1000}k messages)",
+            n_ow, lambda: aio_oneway(n_ow), nb_oneway, (n_ow,), 2.0,
+        ),
+        "spawn": (
+            f"spawn {n_sp // 1000}k idle (until parked)",
+            n_sp, lambda: aio_spawn(n_sp), nb_spawn, (n_sp,), 0.7,
+        ),
+        "ring": (
+            f"ring of {m} x {k} laps (hops)",
+            m * k, lambda: aio_ring(m, k), nb_ring, (m, k), None,
+        ),
+    }  # fmt: skip
     rows: list[Row] = []
-    r = sizes.repeats
-    if "ping-pong" in only:
-        n = sizes.pingpong
-        rows.append(
-            rate_row(
-                f"ping-pong ({n // 1000}k round trips)",
-                n,
-                r,
-                lambda: aio_pingpong(n),
-                nb_pingpong,
-                (n,),
-                3.0,
-            )
-        )
-    if "one-way" in only:
-        n = sizes.oneway
-        rows.append(
-            rate_row(
-                f"one-way, 1 -> 1 ({n // 1000}k messages)",
-                n,
-                r,
-                lambda: aio_oneway(n),
-                nb_oneway,
-                (n,),
-                2.0,
-            )
-        )
-    if "spawn" in only:
-        n = sizes.spawn
-        rows.append(
-            rate_row(
-                f"spawn {n // 1000}k idle (until parked)",
-                n,
-                r,
-                lambda: aio_spawn(n),
-                nb_spawn,
-                (n,),
-                0.7,
-            )
-        )
-        rows.extend(memory_rows(n))
-    if "ring" in only:
-        m, k = sizes.ring_size, sizes.ring_laps
-        rows.append(
-            rate_row(
-                f"ring of {m} x {k} laps (hops)",
-                m * k,
-                r,
-                lambda: aio_ring(m, k),
-                nb_ring,
-                (m, k),
-                None,
-            )
-        )
+    for key, (name, work, baseline, numbeam, args, target) in rates.items():
+        if key in only:
+            rows.append(rate_row(name, work, sizes.repeats, baseline, numbeam, args, target))
+            if key == "spawn":
+                rows.extend(memory_rows(n_sp))
     if "restart" in only:
         rows.append(restart_row(sizes.restarts))
     return rows
