@@ -200,13 +200,27 @@ def reply(caller: Caller, value: Any) -> None:
             f"nb.reply() takes the caller handle_call was given, got {caller!r}"
         ) from None
     rt = _rt()
+    if type(pid) is Pid and rt.dist is not None and pid.node != rt.node:
+        rt.dist.reply(pid, ref, value)  # delivered there only while the caller still waits
+        return
     proc = rt._lookup(pid)
     if proc is not None and proc.aliases and ref in proc.aliases:
         rt._deliver(proc, (ref, value))
 
 
+def _is_remote(rt: Any, dest: Any) -> bool:
+    if rt.dist is None:
+        return False
+    if type(dest) is Pid:
+        return bool(dest.node != rt.node)
+    return type(dest) is tuple and len(dest) == 2 and type(dest[1]) is str and dest[1] != rt.node
+
+
 def _resolve_alive(dest: Any, what: str) -> Any:
+    """The caller and the target: a local process record, or the remote destination itself."""
     me = _me(what)
+    if _is_remote(me.rt, dest):
+        return me, dest
     proc = me.rt._resolve(dest)
     if proc is None:
         raise NoProc(f"{what}: {dest!r} is not alive")
@@ -225,11 +239,20 @@ async def call(dest: Pid | str | tuple[str, str], request: Any, timeout: float |
     me, proc = _resolve_alive(dest, "nb.call()")
     if proc is me:
         raise RuntimeError(f"nb.call(): process {me.pid!r} called itself, which would deadlock")
-    ref = monitor(proc.pid)
+    remote = proc is dest
+    ref = monitor(dest if remote else proc.pid)
     if me.aliases is None:
         me.aliases = set()
     me.aliases.add(ref)
-    me.rt._deliver(proc, ("$gen_call", (me.pid, ref), request))
+    try:
+        if remote:
+            send(dest, ("$gen_call", (me.pid, ref), request))  # TypeError if it cannot cross
+        else:
+            me.rt._deliver(proc, ("$gen_call", (me.pid, ref), request))
+    except BaseException:
+        me.aliases.discard(ref)
+        demonitor(ref)
+        raise
     try:
         msg = await receive(
             lambda m: (
@@ -272,8 +295,12 @@ async def stop(
     me, proc = _resolve_alive(dest, "nb.stop()")
     if proc is me:
         raise RuntimeError("nb.stop(): a process cannot stop itself this way; raise nb.Stop")
-    ref = monitor(proc.pid)
-    me.rt._deliver(proc, ("$gen_stop", reason))
+    if proc is dest:  # remote
+        ref = monitor(dest)
+        send(dest, ("$gen_stop", reason))
+    else:
+        ref = monitor(proc.pid)
+        me.rt._deliver(proc, ("$gen_stop", reason))
     try:
         down = await receive(lambda m: type(m) is Down and m.ref == ref, timeout=timeout)
     except TimeoutError:

@@ -30,13 +30,56 @@ class NodeOptions:
             loop poll I/O again (env ``NUMBEAM_RUN_QUEUE_BUDGET``); like BEAM's reductions.
         shutdown_timeout: seconds a stopping runtime waits for processes that trap exits to
             finish before it kills them (env ``NUMBEAM_SHUTDOWN_TIMEOUT``).
+        node: this node's name, ``name@host:port`` or ``name@ipc:///path`` (port 0, or no
+            path, picks a free one; a bare ``name`` means ``name@127.0.0.1:0``). None keeps
+            the runtime local: no socket is opened. Never read from the environment.
+        cookie: the shared secret every node of a cluster must have (env ``NUMBEAM_COOKIE``);
+            without it, the cookie file is used.
+        cookie_file: where the cookie is kept, created with a random cookie and mode 0600 on
+            first use (env ``NUMBEAM_COOKIE_FILE``; default ``~/.numbeam.cookie``).
+        curve: encrypt every connection with ZeroMQ's CURVE, with keys derived from the
+            cookie (env ``NUMBEAM_CURVE``); all nodes of a cluster must agree.
+        listen: the host to bind instead of the one in the node's name, e.g. ``0.0.0.0``
+            (env ``NUMBEAM_LISTEN``). Nodes listen on their name's address otherwise.
+        heartbeat_interval, heartbeat_timeout: ZeroMQ heartbeats on every connection: a peer
+            silent for `heartbeat_timeout` seconds is down (env ``NUMBEAM_HEARTBEAT_*``).
+        connect_timeout: seconds a connection may take to finish its handshake.
+        max_message_size: the largest frame a node accepts, in bytes; a peer that sends a
+            bigger one is disconnected (env ``NUMBEAM_MAX_MESSAGE_SIZE``).
     """
 
     uvloop: bool = True
     run_queue_budget: int = 2000
     shutdown_timeout: float = 5.0
+    node: str | None = None
+    cookie: str | None = None
+    cookie_file: str | None = None
+    curve: bool = False
+    listen: str | None = None
+    heartbeat_interval: float = 1.0
+    heartbeat_timeout: float = 5.0
+    connect_timeout: float = 5.0
+    max_message_size: int = 1 << 31
 
     def __post_init__(self) -> None:
+        for name in ("node", "cookie", "cookie_file", "listen"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"{name} must be a non-empty str or None, got {value!r}")
+        if not isinstance(self.curve, bool):
+            raise TypeError(f"curve must be a bool, got {self.curve!r}")
+        for name in ("heartbeat_interval", "heartbeat_timeout", "connect_timeout"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {value!r}")
+        if self.heartbeat_timeout < self.heartbeat_interval:
+            raise ValueError(
+                f"heartbeat_timeout ({self.heartbeat_timeout}) must be >= heartbeat_interval "
+                f"({self.heartbeat_interval})"
+            )
+        mms = self.max_message_size
+        if not isinstance(mms, int) or isinstance(mms, bool) or mms < 1024:
+            raise ValueError(f"max_message_size must be an int >= 1024 bytes, got {mms!r}")
         if not isinstance(self.uvloop, bool):
             raise TypeError(f"uvloop must be a bool, got {self.uvloop!r}")
         if (
@@ -68,6 +111,8 @@ class NodeOptions:
             if name in options:
                 values[name] = options[name]
                 continue
+            if name == "node":
+                continue  # a node is named by the program, never by the environment
             env = os.environ.get(f"NUMBEAM_{name.upper()}")
             if env is None:
                 continue
@@ -76,8 +121,10 @@ class NodeOptions:
                     values[name] = _env_bool(env)
                 elif f.type == "int":
                     values[name] = int(env)
-                else:
+                elif f.type == "float":
                     values[name] = float(env)
+                else:
+                    values[name] = env
             except ValueError as e:
                 raise ValueError(f"bad value in NUMBEAM_{name.upper()}: {e}") from None
         return cls(**values)

@@ -28,10 +28,13 @@ import logging
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._options import NodeOptions
 from ._types import LOCAL_NODE, Down, Exit, NoProc, Pid, Ref, Stop, TimerRef
+
+if TYPE_CHECKING:
+    from numbeam.transport._node import Distribution
 
 __all__ = [
     "Runtime",
@@ -259,6 +262,9 @@ class Runtime:
         self._token: contextvars.Token[Process] | None = None
         self._exited = asyncio.Event()
         self._stopping = False
+        self.dist: Distribution | None = None  # the distribution layer, when node= is given
+        # Called with the pid of every process that exits (global names, process groups).
+        self.exit_hooks: list[Callable[[Pid], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -279,6 +285,14 @@ class Runtime:
         if task is None:
             raise RuntimeError("nb.Runtime must be entered from an asyncio task")
         self._loop = asyncio.get_running_loop()
+        if self.options.node is not None:
+            from numbeam.transport._node import Distribution
+
+            dist = Distribution(self)
+            dist.start()
+            self.dist = dist
+            self.node = dist.name
+            self.creation = dist.creation
         root = Process(self, self.__aenter__)
         root.task = task
         self._procs[root.pid.id] = root
@@ -354,6 +368,8 @@ class Runtime:
             handle.cancel()
         self._timers.clear()
         self._ready.clear()
+        if self.dist is not None:
+            await self.dist.close()
 
     def statistics(self) -> dict[str, int]:
         """Counts for debugging: processes, registered names, timers, ready queue length."""
@@ -395,11 +411,16 @@ class Runtime:
         args: tuple[Any, ...],
         name: str | None,
         link_to: Process | None,
+        pid: Pid | None = None,
     ) -> Process:
         if name is not None:
             self._check_name_free(name)
         proc = Process(self, fn)
-        pid = proc.pid
+        if pid is None:
+            pid = proc.pid
+        else:  # a remote spawn: the node that asked chose the pid
+            pid._proc = proc
+            proc.pid = pid
         if link_to is not None:
             _add_link(proc, link_to)
         ctx = _copy_context()
@@ -486,6 +507,7 @@ class Runtime:
                 handle = self._timers.pop(tref, None)
                 if handle is not None:
                     handle.cancel()
+        dist = self.dist
         links, proc.links = proc.links, None
         if links:
             for other in links:
@@ -494,6 +516,8 @@ class Runtime:
                     if target.links is not None:
                         target.links.discard(pid)
                     self._signal(target, pid, reason)
+                elif dist is not None and other.node != self.node:
+                    dist.exit_signal(pid, other, reason, True)
         watchers, proc.monitored_by = proc.monitored_by, None
         if watchers:
             for ref, watcher in watchers.items():
@@ -502,14 +526,21 @@ class Runtime:
                     if w.monitors is not None:
                         w.monitors.pop(ref, None)
                     self._deliver(w, Down(ref, pid, reason))
+                elif dist is not None and watcher.node != self.node:
+                    dist.down(watcher, ref, pid, reason)
         held, proc.monitors = proc.monitors, None
         if held:
             for ref, target_pid in held.items():
-                if type(target_pid) is Pid:
+                if type(target_pid) is Pid and target_pid.node == self.node:
                     t = self._lookup(target_pid)
                     if t is not None and t.monitored_by is not None:
                         t.monitored_by.pop(ref, None)
+                elif dist is not None:
+                    dist.demonitor(ref, target_pid)
         proc.mailbox = None
+        if self.exit_hooks:
+            for hook in self.exit_hooks:
+                hook(pid)
         if self._stopping:
             self._exited.set()
 
@@ -537,6 +568,12 @@ class Runtime:
 
     def _fire_timer(self, tref: TimerRef, dest: Any, msg: Any) -> None:
         self._timers.pop(tref, None)
+        if type(dest) is Pid and self.dist is not None and dest.node != self.node:
+            try:
+                self.dist.send(dest, msg)
+            except Exception:
+                log.exception("send_after to %r: the message could not be sent", dest)
+            return
         if type(dest) is Pid:
             proc = self._lookup(dest)
             if proc is not None and proc.timers is not None:
@@ -579,37 +616,82 @@ def node() -> str:
     return _rt().node
 
 
-def spawn(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None) -> Pid:
+def spawn(
+    fn: Callable[..., Coroutine[Any, Any, Any]] | str,
+    *args: Any,
+    name: str | None = None,
+    node: str | None = None,
+) -> Pid:
     """Start ``fn(*args)`` (an async function) as a new process and return its pid.
 
     Args:
         fn: the async function the process runs; its return ends the process with "normal".
         *args: its arguments, passed by reference (treat messages and arguments as immutable).
         name: register the new process under this name, atomically.
+        node: start it on that node instead (remote spawn). The pid comes back at once; `fn`
+            (a module-level function, or a ``"package.module:function"`` string) is imported
+            there by module path, and if that fails the new process exits with the error as its
+            reason. Arguments must be able to cross (TypeError here if not).
     """
     rt = _runtime
     if rt is None:
         raise RuntimeError(_NO_RUNTIME)
+    if node is not None and node != rt.node:
+        return _remote_spawn(rt, fn, args, name, node, None, None)[0]
     if type(fn) is not types.FunctionType or not fn.__code__.co_flags & inspect.CO_COROUTINE:
         _check_async_fn(fn, "nb.spawn()")
-    return rt._spawn(fn, args, name, None).pid
+    return rt._spawn(fn, args, name, None).pid  # type: ignore[arg-type]
 
 
 def spawn_link(
-    fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any, name: str | None = None
+    fn: Callable[..., Coroutine[Any, Any, Any]] | str,
+    *args: Any,
+    name: str | None = None,
+    node: str | None = None,
 ) -> Pid:
-    """Spawn ``fn(*args)`` and link it to the calling process, atomically."""
+    """Spawn ``fn(*args)`` and link it to the calling process, atomically (see `spawn`)."""
     me = _me("nb.spawn_link()")
+    if node is not None and node != me.rt.node:
+        return _remote_spawn(me.rt, fn, args, name, node, me, None)[0]
     _check_async_fn(fn, "nb.spawn_link()")
-    return me.rt._spawn(fn, args, name, me).pid
+    return me.rt._spawn(fn, args, name, me).pid  # type: ignore[arg-type]
 
 
-def spawn_monitor(fn: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> tuple[Pid, Ref]:
-    """Spawn ``fn(*args)`` and monitor it from the calling process, atomically."""
+def spawn_monitor(
+    fn: Callable[..., Coroutine[Any, Any, Any]] | str, *args: Any, node: str | None = None
+) -> tuple[Pid, Ref]:
+    """Spawn ``fn(*args)`` and monitor it from the calling process, atomically (see `spawn`)."""
     me = _me("nb.spawn_monitor()")
+    if node is not None and node != me.rt.node:
+        pid, ref = _remote_spawn(me.rt, fn, args, None, node, None, me)
+        assert ref is not None
+        return pid, ref
     _check_async_fn(fn, "nb.spawn_monitor()")
-    proc = me.rt._spawn(fn, args, None, None)
+    proc = me.rt._spawn(fn, args, None, None)  # type: ignore[arg-type]
     return proc.pid, me.rt._monitor(me, proc)
+
+
+def _remote_spawn(
+    rt: Runtime,
+    fn: Any,
+    args: tuple[Any, ...],
+    name: str | None,
+    node: str,
+    link_to: Process | None,
+    monitor_by: Process | None,
+) -> tuple[Pid, Ref | None]:
+    if rt.dist is None:
+        raise RuntimeError(
+            f"cannot spawn on node {node!r}: this runtime is local; start it with node=..."
+        )
+    if not isinstance(fn, str):
+        _check_async_fn(fn, "remote spawn")
+    return rt.dist.spawn(fn, args, node, name, link_to, monitor_by)
+
+
+def _remote(rt: Runtime, pid: Pid) -> bool:
+    """True if `pid` lives on another node and this runtime is distributed."""
+    return pid.node != rt.node and rt.dist is not None
 
 
 def send(dest: Dest, msg: Any) -> None:
@@ -622,7 +704,7 @@ def send(dest: Dest, msg: Any) -> None:
     # for every process when the runtime stops), so no table lookup and no runtime check.
     proc = dest._proc if type(dest) is Pid else None
     if proc is None:
-        proc = _resolve_for_send(dest)
+        proc = _resolve_for_send(dest, msg)
         if proc is None:
             return
     mb = proc.mailbox
@@ -638,12 +720,23 @@ def send(dest: Dest, msg: Any) -> None:
             rt._loop.call_soon(rt._drain)
 
 
-def _resolve_for_send(dest: Any) -> Process | None:
+def _resolve_for_send(dest: Any, msg: Any) -> Process | None:
     rt = _runtime
     if rt is None:
         raise RuntimeError(_NO_RUNTIME)
     if type(dest) is Pid:
+        if dest.node != rt.node:
+            if rt.dist is not None:
+                rt.dist.send(dest, msg)
+            return None  # a pid of another node, and this runtime is local: nobody there
         return rt._lookup(dest)  # an equal Pid object that is not the one spawn made
+    if type(dest) is tuple and len(dest) == 2 and type(dest[1]) is str and dest[1] != rt.node:
+        if type(dest[0]) is not str:
+            raise TypeError(f"a (name, node) destination needs a str name, got {dest!r}")
+        if rt.dist is None:
+            raise NoProc(f"cannot reach {dest[0]!r} on node {dest[1]!r}: this node is local")
+        rt.dist.send_name(dest[0], dest[1], msg)  # like Erlang, no error for a missing name
+        return None
     return rt._resolve(dest)
 
 
@@ -760,6 +853,9 @@ def link(pid: Pid) -> None:
         raise TypeError(f"nb.link() takes a Pid, got {pid!r}")
     if pid == me.pid:
         return
+    if _remote(me.rt, pid):
+        me.rt.dist.link(me, pid)  # type: ignore[union-attr]
+        return
     target = me.rt._lookup(pid)
     if target is None:
         if me.trap:
@@ -785,20 +881,33 @@ def unlink(pid: Pid) -> None:
         raise TypeError(f"nb.unlink() takes a Pid, got {pid!r}")
     if me.links:
         me.links.discard(pid)
+    if _remote(me.rt, pid):
+        me.rt.dist.unlink(me.pid, pid)  # type: ignore[union-attr]
+        return
     target = me.rt._lookup(pid)
     if target is not None and target.links:
         target.links.discard(me.pid)
 
 
-def monitor(target: Pid | str) -> Ref:
-    """Monitor `target` (a pid or a registered name) from the calling process.
+def monitor(target: Pid | str | tuple[str, str]) -> Ref:
+    """Monitor `target` (a pid, a registered name, or ``(name, node)``) from the caller.
 
     When it exits the caller gets ``nb.Down(ref, pid, reason)``; if it is already gone, the
-    ``Down`` with reason ``"noproc"`` arrives at once.
+    ``Down`` with reason ``"noproc"`` arrives at once (from a remote node: as soon as it
+    answers). A lost connection to its node gives ``Down(ref, target, "noconnection")``.
     """
     me = _me("nb.monitor()")
     rt = me.rt
+    if type(target) is tuple and len(target) == 2 and type(target[0]) is str:
+        if target[1] == rt.node:
+            target = target[0]
+        elif rt.dist is not None and type(target[1]) is str:
+            return rt.dist.monitor(me, target)
+        else:
+            raise NoProc(f"cannot monitor {target!r}: this runtime is local")
     if type(target) is Pid:
+        if _remote(rt, target):
+            return rt.dist.monitor(me, target)  # type: ignore[union-attr]
         proc = rt._lookup(target)
     elif type(target) is str:
         proc = rt._names.get(target)
@@ -820,10 +929,12 @@ def demonitor(ref: Ref, flush: bool = False) -> bool:
     if not isinstance(ref, Ref):
         raise TypeError(f"nb.demonitor() takes the Ref that nb.monitor() returned, got {ref!r}")
     target_pid = me.monitors.pop(ref, None) if me.monitors else None
-    if type(target_pid) is Pid:
+    if type(target_pid) is Pid and target_pid.node == me.rt.node:
         target = me.rt._lookup(target_pid)
         if target is not None and target.monitored_by:
             target.monitored_by.pop(ref, None)
+    elif target_pid is not None and me.rt.dist is not None:
+        me.rt.dist.demonitor(ref, target_pid)
     if flush and me.mailbox:
         _flush(me, lambda m: type(m) is Down and m.ref == ref)
     return target_pid is not None
@@ -854,6 +965,9 @@ def exit(pid: Pid, reason: Any) -> None:
             rt._deliver(me, Exit(me.pid, reason))
             return
         raise Stop(reason)
+    if _remote(rt, pid):
+        rt.dist.exit_signal(me.pid, pid, reason, False)  # type: ignore[union-attr]
+        return
     target = rt._lookup(pid)
     if target is None:
         return
@@ -873,10 +987,17 @@ def trap_exit(flag: bool) -> bool:
 
 
 def is_alive(pid: Pid) -> bool:
-    """True while the process `pid` of this node has not exited."""
+    """True while the process `pid` of this node has not exited.
+
+    Like Erlang's is_process_alive/1 it only answers for this node's pids (ValueError for a
+    remote one): monitor a remote process to learn when it exits.
+    """
     if type(pid) is not Pid:
         raise TypeError(f"nb.is_alive() takes a Pid, got {pid!r}")
-    return _rt()._lookup(pid) is not None
+    rt = _rt()
+    if _remote(rt, pid):
+        raise ValueError(f"nb.is_alive() takes a pid of this node; {pid!r} is remote (monitor it)")
+    return rt._lookup(pid) is not None
 
 
 def processes() -> list[Pid]:
@@ -893,7 +1014,10 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
     """
     if type(pid) is not Pid:
         raise TypeError(f"nb.process_info() takes a Pid, got {pid!r}")
-    proc = _rt()._lookup(pid)
+    rt = _rt()
+    if _remote(rt, pid):
+        raise ValueError(f"nb.process_info() takes a pid of this node; {pid!r} is remote")
+    proc = rt._lookup(pid)
     if proc is None:
         return None
     if proc.kill_reason is not None:
@@ -969,7 +1093,7 @@ def send_after(delay: float, dest: Pid | str, msg: Any) -> TimerRef:
     if type(dest) is not Pid and type(dest) is not str:
         raise TypeError(f"send_after takes a Pid or a registered name, got {dest!r}")
     tref = TimerRef(rt.node)
-    if type(dest) is Pid:
+    if type(dest) is Pid and not _remote(rt, dest):
         proc = rt._lookup(dest)
         if proc is None:
             return tref  # the destination is dead: the timer is already void

@@ -152,3 +152,44 @@ def is_normal_exit(reason: Any) -> bool:
     if type(reason) is str:
         return reason == "normal" or reason == "shutdown"
     return type(reason) is tuple and len(reason) == 2 and reason[0] == "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeDown:
+    """Delivered to a process that called `nb.monitor_node(name)` when that node is lost.
+
+    ``reason`` is ``"connection_closed"`` (the peer went away or died), ``"disconnect"``
+    (`nb.disconnect` on either side), ``"net_tick_timeout"`` (heartbeats stopped) or
+    ``"noconnection"`` (it could not be reached at all).
+    """
+
+    name: str
+    reason: Any
+
+
+class RemoteError(Exception):
+    """Raised when an exception crosses a node boundary (also an exit reason from another node).
+
+    Exceptions are never pickled: what arrives is the exception's type name (``module.Qualname``,
+    or just the name for builtins), its message and its formatted traceback, as text.
+    """
+
+    def __init__(self, type_name: str, message: str, traceback: str = "") -> None:
+        super().__init__(type_name, message, traceback)
+        self.type_name = type_name
+        self.message = message
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.message else self.type_name
+
+    def __repr__(self) -> str:
+        return f"RemoteError({self.type_name!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RemoteError):
+            return NotImplemented
+        return (self.type_name, self.message) == (other.type_name, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.type_name, self.message))

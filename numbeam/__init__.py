@@ -21,10 +21,12 @@ from numbeam.actors import (
     Down,
     Exit,
     GenServer,
+    NodeDown,
     NodeOptions,
     NoProc,
     Pid,
     Ref,
+    RemoteError,
     Runtime,
     StartError,
     Stop,
@@ -61,6 +63,7 @@ from numbeam.actors import (
     whereis,
 )
 from numbeam.supervision import Child, DynamicSupervisor, Supervisor
+from numbeam.transport import connect, disconnect, monitor_node, nodes
 
 _logging.getLogger("numbeam").addHandler(_logging.NullHandler())
 
@@ -76,9 +79,11 @@ __all__ = [
     "Exit",
     "GenServer",
     "NoProc",
+    "NodeDown",
     "NodeOptions",
     "Pid",
     "Ref",
+    "RemoteError",
     "Runtime",
     "StartError",
     "Stop",
@@ -88,14 +93,18 @@ __all__ = [
     "call",
     "cancel_timer",
     "cast",
+    "connect",
     "demonitor",
+    "disconnect",
     "exit",
     "is_alive",
     "is_normal_exit",
     "link",
     "make_ref",
     "monitor",
+    "monitor_node",
     "node",
+    "nodes",
     "process_info",
     "processes",
     "receive",

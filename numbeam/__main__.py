@@ -1,23 +1,109 @@
-"""The ``numbeam`` command: ``numbeam --version`` and ``numbeam demo``.
+"""The ``numbeam`` command: ``--version``, ``demo``, ``node`` and ``ping``.
 
 The library only attaches a NullHandler to the "numbeam" logger, so that an application decides
 where crash reports go; this command is such an application, and configures logging for what
 it runs. The demo is `examples/supervised_pool.py` of a source checkout (examples are programs
 to read, not part of the installed package), run as if by ``python examples/...``.
+
+``numbeam node`` is a node with nothing of its own to run: it serves remote spawns (the runtime
+does that by itself) until SIGINT or SIGTERM, then shuts down cleanly. Its stdout carries only
+its ready line and ``ping``'s only ``pong`` or ``pang``, so scripts can read them; logs go to
+stderr. The cookie comes from the node options: ``NUMBEAM_COOKIE``, ``--cookie-file`` (or
+``NUMBEAM_COOKIE_FILE``), else ``~/.numbeam.cookie``; there is no ``--cookie``, since a
+command line is visible to every user of the machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
+import os
 import runpy
+import signal
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-import numbeam
+import zmq
+
+import numbeam as nb
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "supervised_pool.py"
+
+# What starting a node can fail with for reasons the user can fix: bad options, an unreadable
+# or too permissive cookie file, an address in use. They get a one-line message, not a traceback.
+_STARTUP_ERRORS = (OSError, ValueError, TypeError, zmq.ZMQError)
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text!r}")
+    return value
+
+
+def _add_security_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cookie-file",
+        metavar="F",
+        help="read the cookie from F, creating it with a random cookie and mode 0600 if missing "
+        "(default: $NUMBEAM_COOKIE, else $NUMBEAM_COOKIE_FILE, else ~/.numbeam.cookie)",
+    )
+    parser.add_argument(
+        "--curve",
+        action="store_true",
+        help="encrypt connections with ZeroMQ CURVE, keyed by the cookie (all nodes must agree)",
+    )
+
+
+def _node_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The node options given on the command line; the others keep their NUMBEAM_* or default."""
+    options: dict[str, Any] = {}
+    if args.cookie_file is not None:
+        options["cookie_file"] = args.cookie_file
+    if args.curve:
+        options["curve"] = True
+    if getattr(args, "listen", None) is not None:
+        options["listen"] = args.listen
+    return options
+
+
+async def _serve() -> None:
+    """Announce the node, then wait for SIGINT or SIGTERM; returning stops the node cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    installed = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # no loop signal handlers (Windows): Ctrl-C still stops it
+            continue
+        installed.append(sig)
+    try:
+        print(f"numbeam node {nb.node()} ready", flush=True)
+        await stop.wait()
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+async def _ping(name: str, timeout: float) -> bool:
+    try:
+        return await asyncio.wait_for(nb.connect(name), timeout)
+    except TimeoutError:
+        return False
+
+
+def _report(command: str, error: BaseException, verbose: bool) -> None:
+    if verbose:
+        traceback.print_exception(error, file=sys.stderr)
+    print(f"numbeam {command}: {error}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -25,12 +111,59 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="numbeam", description="Erlang/OTP processes and supervisors for numerical Python."
     )
-    parser.add_argument("--version", action="version", version=f"numbeam {numbeam.__version__}")
+    parser.add_argument("--version", action="version", version=f"numbeam {nb.__version__}")
     parser.add_argument(
         "-v", "--verbose", action="store_true", help="log at DEBUG level instead of INFO"
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.add_parser("demo", help="run the supervised worker pool demo")
+
+    node = commands.add_parser(
+        "node",
+        help="start a node that serves remote spawns until interrupted",
+        description="Start a node that serves remote spawns. It prints "
+        "`numbeam node NAME ready` (NAME with its real port) once it accepts connections, "
+        "and stops cleanly on SIGINT (Ctrl-C) or SIGTERM.",
+    )
+    node.add_argument(
+        "--name",
+        required=True,
+        metavar="NAME",
+        help="name@host:port (port 0 picks a free one), name@ipc:///path, or just name "
+        "(127.0.0.1 and a free port)",
+    )
+    _add_security_options(node)
+    node.add_argument(
+        "--listen",
+        metavar="HOST",
+        help="host to bind instead of the one in NAME, e.g. 0.0.0.0 to accept other machines "
+        "(NAME stays the address peers connect to)",
+    )
+    node.add_argument(
+        "--path",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="prepend DIR to sys.path, so that functions there can be spawned on this node by "
+        "module path (repeatable; the first given comes first)",
+    )
+
+    ping = commands.add_parser(
+        "ping",
+        help="check that a node answers: prints pong (exit 0) or pang (exit 1)",
+        description="Connect to node NAME from a throwaway node and print pong (exit 0) if the "
+        "handshake succeeds, else pang (exit 1), like Erlang's net_adm:ping. Exit 2 means the "
+        "ping could not be attempted (bad arguments or cookie).",
+    )
+    ping.add_argument("name", metavar="NAME", help="the node to ping, e.g. b@127.0.0.1:9101")
+    _add_security_options(ping)
+    ping.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=5.0,
+        metavar="S",
+        help="seconds to wait for an answer (default: 5)",
+    )
     args = parser.parse_args(argv)
 
     if args.command is None:
@@ -39,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(levelname)-7s %(name)s: %(message)s",
-        stream=sys.stdout,
+        # node and ping keep stdout for what scripts read; the demo is for a person to watch
+        stream=sys.stdout if args.command == "demo" else sys.stderr,
     )
     if args.command == "demo":
         if not DEMO.is_file():
@@ -50,7 +184,30 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 1
         runpy.run_path(str(DEMO), run_name="__main__")
-    return 0
+        return 0
+
+    options = _node_options(args)
+    if args.command == "node":
+        sys.path[:0] = [os.path.abspath(d) for d in args.path]
+        try:
+            nb.run(_serve, node=args.name, **options)
+        except _STARTUP_ERRORS as e:
+            _report("node", e, args.verbose)
+            return 1
+        except KeyboardInterrupt:  # Ctrl-C before the node was up
+            return 130
+        return 0
+
+    try:
+        throwaway = f"ping{os.getpid()}@127.0.0.1:0"
+        ok = nb.run(_ping, args.name, args.timeout, node=throwaway, **options)
+    except _STARTUP_ERRORS as e:
+        _report("ping", e, args.verbose)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    print("pong" if ok else "pang", flush=True)
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

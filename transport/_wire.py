@@ -1,0 +1,742 @@
+"""The wire codec: what a message looks like between two nodes (msgpack, never pickle).
+
+Plain msgpack carries None, bool, int (64-bit), float, str, bytes, lists and dicts as they are.
+Every other kind that may cross is an array whose first element is a *tag*: an ext value with
+an empty payload whose code says what the rest of the array is. The wire spec::
+
+    code  kind             array after the tag
+    1     tuple            *items
+    2     set              *items
+    3     frozenset        *items
+    4     complex          real: float, imag: float
+    5     Pid              node: str, id: int, creation: int
+    6     Ref              node: str, id: int
+    7     TimerRef         node: str, id: int
+    8     Down             ref, pid, reason
+    9     Exit             pid, reason
+    10    NodeDown         name, reason
+    11    RemoteError      type_name: str, message: str, traceback: str   (any exception)
+    12    array, inline    dtype: str, shape: [int], data: bin
+    13    array, frame     dtype: str, shape: [int], frame: int
+    14    numpy scalar     dtype: str, data: bin
+
+``dtype`` is numpy's canonical ``dtype.str`` (``"<f8"``, ``"|b1"``, ``"<M8[ns]"``, ``"<U5"``).
+An array of ``oob_threshold`` bytes or more travels out of band: its buffer is the frame at
+index ``frame`` of the frames that follow the message, sent and received without a copy.
+Codes 0 and 15..127 are unused, and any ext but an empty tag is malformed input, except -1:
+msgpack decodes its own timestamp ext without asking, so a peer that sends one delivers an int
+of nanoseconds. (For the same reason ``msgpack.ExtType`` and ``msgpack.Timestamp`` values are
+packed as they are, unchecked: they are not part of any message.)
+
+Why tags and not ext payloads: an ext payload is opaque bytes, so a tuple of tuples would need a
+nested pack per level on one side and a nested unpack on the other, and msgpack's Packer is not
+reentrant. With a tag, a whole message is one C-level pack and one unpack, and each tagged value
+costs one Python call when encoding (the ``default`` hook) and two when decoding (``ext_hook``
+returns the tag, ``list_hook`` builds the value from its array). The decoder counts the tags it
+hands out and takes back: a tag anywhere but at the head of an array is rejected.
+
+The decoder is the boundary with untrusted peers: whatever the bytes, it returns values of the
+kinds above or raises `WireError`, and never allocates more than the input can describe.
+"""
+
+from __future__ import annotations
+
+import re
+import traceback
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+from msgpack import ExtType, Packer, Unpacker, unpackb
+from numbeam.actors._types import Down, Exit, NodeDown, Pid, Ref, RemoteError, TimerRef
+
+__all__ = ["Decoder", "Encoder", "WireError"]
+
+
+class WireError(ValueError):
+    """Raised when bytes received from a peer are not a well-formed message."""
+
+
+# ----------------------------------------------------------------------------- tags
+
+_TUPLE = 1
+_SET = 2
+_FROZENSET = 3
+_COMPLEX = 4
+_PID = 5
+_REF = 6
+_TIMER_REF = 7
+_DOWN = 8
+_EXIT = 9
+_NODE_DOWN = 10
+_REMOTE_ERROR = 11
+_ARRAY = 12
+_ARRAY_FRAME = 13
+_NP_SCALAR = 14
+_N_CODES = 15
+
+# What the encoder writes at the head of a tagged array.
+_T_TUPLE = ExtType(_TUPLE, b"")
+_T_SET = ExtType(_SET, b"")
+_T_FROZENSET = ExtType(_FROZENSET, b"")
+_T_COMPLEX = ExtType(_COMPLEX, b"")
+_T_PID = ExtType(_PID, b"")
+_T_REF = ExtType(_REF, b"")
+_T_TIMER_REF = ExtType(_TIMER_REF, b"")
+_T_DOWN = ExtType(_DOWN, b"")
+_T_EXIT = ExtType(_EXIT, b"")
+_T_NODE_DOWN = ExtType(_NODE_DOWN, b"")
+_T_REMOTE_ERROR = ExtType(_REMOTE_ERROR, b"")
+_T_ARRAY = ExtType(_ARRAY, b"")
+_T_ARRAY_FRAME = ExtType(_ARRAY_FRAME, b"")
+_T_NP_SCALAR = ExtType(_NP_SCALAR, b"")
+
+_INT_MIN = -(2**63)
+_INT_MAX = 2**64 - 1
+# msgpack's own limit on nesting, for the error message (the packer enforces it).
+_MAX_DEPTH = 1024
+# numpy kinds that cross: bool, ints, floats, complex, datetime/timedelta, bytes, str.
+_ARRAY_KINDS = frozenset("biufcmMSU")
+# Canonical dtype strings of those kinds; checked before numpy parses a peer's string.
+_DTYPE_RE = re.compile(r"[<>|][biufcmMSU][0-9]{1,9}(?:\[[0-9]{0,9}[a-zA-Z]{1,2}\])?")
+_MAX_DTYPE_CACHE = 256
+_MAX_ENCODER_CACHE = 512
+# The end of every TypeError that encode raises.
+_ONLY = (
+    "only None, bool, int (64-bit), float, complex, str, bytes, list, tuple, dict, set, "
+    "frozenset, numpy arrays and scalars of numeric, bool, datetime, bytes or str dtype, Pid, "
+    "Ref, Down, Exit, NodeDown and exceptions cross nodes"
+)
+
+
+class _Unsendable(TypeError):
+    """Raised inside the packer's hook; `Encoder.encode` turns it into the public TypeError."""
+
+    def __init__(self, value: Any, what: str) -> None:
+        super().__init__(what)
+        self.value = value
+        self.what = what
+
+
+def _type_name(cls: type) -> str:
+    module = cls.__module__
+    return cls.__qualname__ if module == "builtins" else f"{module}.{cls.__qualname__}"
+
+
+# ----------------------------------------------------------------------------- encoding
+
+
+def _enc_int(enc: Encoder, obj: int) -> Any:
+    # The packer hands an exact int to the hook only when it does not fit in 64 bits; an int
+    # subclass (IntEnum, IntFlag) crosses as its plain value.
+    value = int.__int__(obj)
+    if _INT_MIN <= value <= _INT_MAX:
+        return value
+    raise _Unsendable(obj, "an int outside the 64-bit range")
+
+
+def _enc_float(enc: Encoder, obj: float) -> Any:
+    return float.__float__(obj)
+
+
+def _enc_str(enc: Encoder, obj: str) -> Any:
+    return str.__str__(obj)
+
+
+def _enc_bytes(enc: Encoder, obj: Any) -> Any:
+    return bytes(obj)
+
+
+def _enc_list(enc: Encoder, obj: list[Any]) -> Any:
+    return list(obj)
+
+
+def _enc_dict(enc: Encoder, obj: dict[Any, Any]) -> Any:
+    return dict(obj)
+
+
+def _enc_tuple(enc: Encoder, obj: tuple[Any, ...]) -> Any:
+    return [_T_TUPLE, *obj]
+
+
+def _enc_set(enc: Encoder, obj: set[Any]) -> Any:
+    return [_T_SET, *obj]
+
+
+def _enc_frozenset(enc: Encoder, obj: frozenset[Any]) -> Any:
+    return [_T_FROZENSET, *obj]
+
+
+def _enc_complex(enc: Encoder, obj: complex) -> Any:
+    return [_T_COMPLEX, obj.real, obj.imag]
+
+
+def _enc_pid(enc: Encoder, obj: Pid) -> Any:
+    return [_T_PID, obj.node, obj.id, obj.creation]
+
+
+def _enc_ref(enc: Encoder, obj: Ref) -> Any:
+    return [_T_REF, obj.node, obj.id]
+
+
+def _enc_timer_ref(enc: Encoder, obj: TimerRef) -> Any:
+    return [_T_TIMER_REF, obj.node, obj.id]
+
+
+def _enc_down(enc: Encoder, obj: Down) -> Any:
+    return [_T_DOWN, obj.ref, obj.pid, obj.reason]
+
+
+def _enc_exit(enc: Encoder, obj: Exit) -> Any:
+    return [_T_EXIT, obj.pid, obj.reason]
+
+
+def _enc_node_down(enc: Encoder, obj: NodeDown) -> Any:
+    return [_T_NODE_DOWN, obj.name, obj.reason]
+
+
+def _enc_remote_error(enc: Encoder, obj: RemoteError) -> Any:
+    return [_T_REMOTE_ERROR, obj.type_name, obj.message, obj.traceback]
+
+
+def _enc_exception(enc: Encoder, obj: BaseException) -> Any:
+    # An exception's own code (__str__, a traceback line's repr) may fail; the message must not.
+    type_name = _type_name(type(obj))
+    try:
+        message = str(obj)
+    except Exception:
+        message = f"<unprintable {type_name}>"
+    try:
+        tb = "".join(traceback.format_exception(obj))
+    except Exception:
+        tb = ""
+    return [_T_REMOTE_ERROR, type_name, message, tb]
+
+
+def _enc_array(enc: Encoder, obj: np.ndarray) -> Any:
+    dt = obj.dtype
+    if dt.kind not in _ARRAY_KINDS:
+        raise _Unsendable(obj, f"a numpy array of dtype {dt}")
+    if type(obj) is not np.ndarray:
+        if isinstance(obj, np.ma.MaskedArray):
+            raise _Unsendable(obj, "a numpy masked array (its mask would be lost)")
+        obj = obj.view(np.ndarray)
+    if not obj.flags.c_contiguous:
+        obj = obj.copy()
+    if obj.nbytes >= enc._oob_threshold:
+        frames = enc._frames
+        index = len(frames)
+        # datetime arrays do not export the buffer protocol; their bytes do.
+        frames.append(obj.reshape(-1).view(np.uint8) if dt.kind in "mM" else obj)
+        return [_T_ARRAY_FRAME, dt.str, list(obj.shape), index]
+    return [_T_ARRAY, dt.str, list(obj.shape), obj.tobytes()]
+
+
+def _enc_np_scalar(enc: Encoder, obj: np.generic) -> Any:
+    dt = obj.dtype
+    if dt.kind not in _ARRAY_KINDS:
+        raise _Unsendable(obj, f"a numpy scalar of dtype {dt}")
+    return [_T_NP_SCALAR, dt.str, obj.tobytes()]
+
+
+_EncodeFn = Callable[["Encoder", Any], Any]
+
+# Exact types the packer leaves to the hook (strict_types sends every subclass there too).
+_ENCODERS: dict[type, _EncodeFn] = {
+    int: _enc_int,
+    tuple: _enc_tuple,
+    set: _enc_set,
+    frozenset: _enc_frozenset,
+    complex: _enc_complex,
+    Pid: _enc_pid,
+    Ref: _enc_ref,
+    TimerRef: _enc_timer_ref,
+    Down: _enc_down,
+    Exit: _enc_exit,
+    NodeDown: _enc_node_down,
+    RemoteError: _enc_remote_error,
+    np.ndarray: _enc_array,
+}
+
+# For subclasses, first match wins: numpy scalars before the builtins they derive from
+# (np.float64 is a float, np.str_ a str), RemoteError before other exceptions.
+_SUBCLASS_ENCODERS: tuple[tuple[type, _EncodeFn], ...] = (
+    (np.generic, _enc_np_scalar),
+    (np.ndarray, _enc_array),
+    (RemoteError, _enc_remote_error),
+    (BaseException, _enc_exception),
+    (TimerRef, _enc_timer_ref),
+    (Ref, _enc_ref),
+    (int, _enc_int),
+    (float, _enc_float),
+    (complex, _enc_complex),
+    (str, _enc_str),
+    (bytes, _enc_bytes),
+    (bytearray, _enc_bytes),
+    (tuple, _enc_tuple),
+    (list, _enc_list),
+    (dict, _enc_dict),
+    (frozenset, _enc_frozenset),
+    (set, _enc_set),
+)
+
+
+class Encoder:
+    """Turns a message into msgpack bytes plus the out-of-band frames of its large arrays.
+
+    One Packer is reused for every message: keep one Encoder per thread (it is not reentrant).
+    """
+
+    __slots__ = ("_encoders", "_frames", "_oob_threshold", "_pack")
+
+    def __init__(self, oob_threshold: int = 65536) -> None:
+        if type(oob_threshold) is not int or oob_threshold < 0:
+            raise ValueError(f"oob_threshold must be an int >= 0, got {oob_threshold!r}")
+        self._oob_threshold = oob_threshold
+        self._encoders: dict[type, _EncodeFn] = dict(_ENCODERS)
+        self._frames: list[Any] = []
+        packer = Packer(default=self._default, use_bin_type=True, strict_types=True)
+        self._pack: Callable[[Any], bytes] = packer.pack
+
+    def encode(self, obj: Any, frames: list[Any]) -> bytes:
+        """Return ``obj`` packed; arrays of ``oob_threshold`` bytes or more go to ``frames``.
+
+        Each such array is appended to ``frames`` (C-contiguous, not copied) and referenced by
+        its index there, so the caller sends it as a separate frame with ``copy=False``.
+        Raises TypeError naming the type (and where in ``obj`` it is) for a value that cannot
+        cross; ``frames`` is then left as it was.
+        """
+        start = len(frames)
+        self._frames = frames
+        try:
+            if obj.__class__ is tuple:  # most messages: spare the packer a call into the hook
+                return self._pack([_T_TUPLE, *obj])
+            return self._pack(obj)
+        except (TypeError, ValueError, OverflowError, BufferError, RecursionError) as exc:
+            del frames[start:]
+            raise _explain(obj, exc) from None
+        finally:
+            self._frames = _NO_FRAMES
+
+    def _default(self, obj: Any) -> Any:
+        cls = type(obj)
+        if cls is tuple:
+            return [_T_TUPLE, *obj]
+        if cls is Pid:
+            return [_T_PID, obj.node, obj.id, obj.creation]
+        if cls is Ref:
+            return [_T_REF, obj.node, obj.id]
+        fn = self._encoders.get(cls)
+        if fn is None:
+            fn = self._resolve(cls, obj)
+        return fn(self, obj)
+
+    def _resolve(self, cls: type, obj: Any) -> _EncodeFn:
+        for base, fn in _SUBCLASS_ENCODERS:
+            if issubclass(cls, base):
+                if len(self._encoders) < _MAX_ENCODER_CACHE:
+                    self._encoders[cls] = fn
+                return fn
+        raise _Unsendable(obj, f"a value of type {_type_name(cls)!r}")
+
+
+_NO_FRAMES: list[Any] = []
+
+
+# ----------------------------------------------------------------------------- errors at encode
+
+
+def _explain(obj: Any, exc: BaseException) -> TypeError:
+    """The TypeError for a failed encode: what could not cross, and where in the message."""
+    if isinstance(exc, _Unsendable):
+        culprit, what = exc.value, exc.what
+    else:
+        culprit, what = _NOTHING, f"this value ({type(exc).__name__}: {exc})"
+    found = _find_unsendable(obj, culprit, what)
+    if found is None:
+        return TypeError(f"cannot send {what}: {_ONLY}")
+    what, path = found
+    where = f" at {path}" if path else ""
+    return TypeError(f"cannot send {what}{where}: {_ONLY}")
+
+
+_NOTHING = object()
+
+
+def _find_unsendable(obj: Any, culprit: Any, what: str) -> tuple[str, str] | None:
+    """Walk ``obj`` the way the packer does; return (what, path) of the first bad value.
+
+    Only runs after an encode failed, so it may be slow; it is iterative so that a
+    structure nested too deeply (or containing itself) is reported, not recursed into.
+    """
+    stack: list[tuple[Any, str, int]] = [(obj, "", 0)]
+    while stack:
+        value, path, depth = stack.pop()
+        if depth > _MAX_DEPTH:
+            if len(path) > 60:
+                path = path[:60] + "..."
+            return f"a structure nested more than {_MAX_DEPTH} levels deep", path
+        children: list[tuple[Any, str]] = []
+        problem = _problem(value, children)
+        if problem is None and value is culprit:
+            problem = what
+        if problem is not None:
+            return problem, path
+        for child, step in reversed(children):
+            stack.append((child, path + step, depth + 1))
+    return None
+
+
+def _short_repr(value: Any) -> str:
+    try:
+        text = repr(value)
+    except Exception:
+        text = "?"
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _problem(value: Any, children: list[tuple[Any, str]]) -> str | None:
+    """Why ``value`` itself cannot cross (None if it can); appends its parts to ``children``."""
+    if value is None or isinstance(value, (bool, float, complex, Pid, Ref, BaseException)):
+        return None
+    if isinstance(value, np.generic):
+        kind = value.dtype.kind
+        return None if kind in _ARRAY_KINDS else f"a numpy scalar of dtype {value.dtype}"
+    if isinstance(value, int):
+        if _INT_MIN <= int.__int__(value) <= _INT_MAX:
+            return None
+        return f"an int outside the 64-bit range ({_short_repr(value)})"
+    if isinstance(value, str):
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            return f"a str that is not valid unicode ({_short_repr(value)})"
+        return None
+    if isinstance(value, (bytes, bytearray)):
+        return None
+    if isinstance(value, memoryview):
+        return None if value.c_contiguous else "a non-contiguous memoryview"
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in _ARRAY_KINDS:
+            return f"a numpy array of dtype {value.dtype}"
+        if isinstance(value, np.ma.MaskedArray):
+            return "a numpy masked array (its mask would be lost)"
+        return None
+    if isinstance(value, (list, tuple, set, frozenset)):
+        children.extend((item, f"[{i}]") for i, item in enumerate(value))
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            children.append((key, f"<key {_short_repr(key)}>"))
+            children.append((item, f"[{_short_repr(key)}]"))
+        return None
+    if isinstance(value, Down):
+        children.extend([(value.ref, ".ref"), (value.pid, ".pid"), (value.reason, ".reason")])
+        return None
+    if isinstance(value, Exit):
+        children.extend([(value.pid, ".pid"), (value.reason, ".reason")])
+        return None
+    if isinstance(value, NodeDown):
+        children.extend([(value.name, ".name"), (value.reason, ".reason")])
+        return None
+    return f"a value of type {_type_name(type(value))!r}"
+
+
+# ----------------------------------------------------------------------------- decoding
+
+
+class _Tag:
+    """What ``ext_hook`` returns for a tag; ``list_hook`` finds it at the head of the array."""
+
+    __slots__ = ("build", "code")
+
+    def __init__(self, code: int, build: Callable[[Decoder, list[Any]], Any]) -> None:
+        self.code = code
+        self.build = build
+
+    def __repr__(self) -> str:
+        return f"<wire tag {self.code}>"
+
+
+def _malformed(what: str) -> WireError:
+    return WireError(f"malformed message: {what}")
+
+
+def _build_tuple(dec: Decoder, lst: list[Any]) -> Any:
+    del lst[0]
+    return tuple(lst)
+
+
+def _build_set(dec: Decoder, lst: list[Any]) -> Any:
+    del lst[0]
+    return set(lst)
+
+
+def _build_frozenset(dec: Decoder, lst: list[Any]) -> Any:
+    del lst[0]
+    return frozenset(lst)
+
+
+def _build_complex(dec: Decoder, lst: list[Any]) -> Any:
+    _, real, imag = lst
+    if type(real) is not float or type(imag) is not float:
+        raise _malformed("complex parts are not floats")
+    return complex(real, imag)
+
+
+def _build_pid(dec: Decoder, lst: list[Any]) -> Any:
+    _, node, id_, creation = lst
+    if type(node) is not str or type(id_) is not int or type(creation) is not int:
+        raise _malformed("a pid is not (str, int, int)")
+    return dec._intern_pid(node, id_, creation)
+
+
+def _build_ref(dec: Decoder, lst: list[Any]) -> Any:
+    _, node, id_ = lst
+    if type(node) is not str or type(id_) is not int:
+        raise _malformed("a ref is not (str, int)")
+    return Ref(node, id_)
+
+
+def _build_timer_ref(dec: Decoder, lst: list[Any]) -> Any:
+    _, node, id_ = lst
+    if type(node) is not str or type(id_) is not int:
+        raise _malformed("a timer ref is not (str, int)")
+    return TimerRef(node, id_)
+
+
+def _build_down(dec: Decoder, lst: list[Any]) -> Any:
+    _, ref, pid, reason = lst
+    return Down(ref, pid, reason)
+
+
+def _build_exit(dec: Decoder, lst: list[Any]) -> Any:
+    _, pid, reason = lst
+    return Exit(pid, reason)
+
+
+def _build_node_down(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, reason = lst
+    return NodeDown(name, reason)
+
+
+def _build_remote_error(dec: Decoder, lst: list[Any]) -> Any:
+    _, type_name, message, tb = lst
+    if type(type_name) is not str or type(message) is not str or type(tb) is not str:
+        raise _malformed("a remote error's fields are not str")
+    return RemoteError(type_name, message, tb)
+
+
+def _array_size(dt: np.dtype[Any], shape: Any) -> int:
+    """Bytes that ``shape`` of ``dt`` takes, after checking the shape is a list of sizes."""
+    if type(shape) is not list or len(shape) > 64:
+        raise _malformed("an array shape is not a list of at most 64 sizes")
+    size = dt.itemsize
+    for dim in shape:
+        if type(dim) is not int or dim < 0:
+            raise _malformed("an array dimension is not an int >= 0")
+        size *= dim
+    return size
+
+
+def _check_values(buf: Any, dt: np.dtype[Any]) -> None:
+    """Refuse bytes that are not a value of ``dt``: numpy would build the array, then fail or
+    misbehave when it is used (a code point past U+10FFFF, a bool byte other than 0 or 1)."""
+    if dt.kind == "U":
+        codes = np.frombuffer(buf, dt.byteorder + "u4")
+        if codes.size and codes.max() > 0x10FFFF:
+            raise _malformed("a str array holds a code point past U+10FFFF")
+    elif dt.kind == "b":
+        flags = np.frombuffer(buf, np.uint8)
+        if flags.size and flags.max() > 1:
+            raise _malformed("a bool array holds a byte other than 0 or 1")
+
+
+def _build_array(dec: Decoder, lst: list[Any]) -> Any:
+    _, dtype, shape, data = lst
+    dt = dec._dtype(dtype)
+    if type(data) is not bytes or len(data) != _array_size(dt, shape):
+        raise _malformed("an array's data does not match its dtype and shape")
+    if dt.kind in "Ub":
+        _check_values(data, dt)
+    # A view of the bytes msgpack made: read-only already, no second copy.
+    return np.frombuffer(data, dt).reshape(shape)
+
+
+def _build_array_frame(dec: Decoder, lst: list[Any]) -> Any:
+    _, dtype, shape, index = lst
+    dt = dec._dtype(dtype)
+    size = _array_size(dt, shape)
+    frames = dec._frames
+    if type(index) is not int or not 0 <= index < len(frames):
+        raise _malformed(f"an array refers to frame {index!r} of {len(frames)}")
+    frame = frames[index]
+    buf = memoryview(frame)  # bytes, memoryview, zmq.Frame, numpy array...
+    if buf.nbytes != size:
+        raise _malformed(f"frame {index} has {buf.nbytes} bytes, its array needs {size}")
+    if buf.ndim != 1 or buf.format != "B":
+        buf = buf.cast("B") if size else memoryview(b"")  # cast refuses zeros in the shape
+    if dt.kind in "Ub":
+        _check_values(buf, dt)
+    arr = np.frombuffer(buf, dt).reshape(shape)
+    arr.flags.writeable = False  # zmq frames are writable buffers; messages are immutable
+    return arr
+
+
+def _build_np_scalar(dec: Decoder, lst: list[Any]) -> Any:
+    _, dtype, data = lst
+    dt = dec._dtype(dtype)
+    if type(data) is not bytes or len(data) != dt.itemsize:
+        raise _malformed("a numpy scalar's data does not match its dtype")
+    if dt.kind in "Ub":
+        _check_values(data, dt)
+    return np.frombuffer(data, dt)[0]
+
+
+_TUPLE_TAG = _Tag(_TUPLE, _build_tuple)
+_PID_TAG = _Tag(_PID, _build_pid)
+_TAGS: tuple[_Tag | None, ...] = (
+    None,
+    _TUPLE_TAG,
+    _Tag(_SET, _build_set),
+    _Tag(_FROZENSET, _build_frozenset),
+    _Tag(_COMPLEX, _build_complex),
+    _PID_TAG,
+    _Tag(_REF, _build_ref),
+    _Tag(_TIMER_REF, _build_timer_ref),
+    _Tag(_DOWN, _build_down),
+    _Tag(_EXIT, _build_exit),
+    _Tag(_NODE_DOWN, _build_node_down),
+    _Tag(_REMOTE_ERROR, _build_remote_error),
+    _Tag(_ARRAY, _build_array),
+    _Tag(_ARRAY_FRAME, _build_array_frame),
+    _Tag(_NP_SCALAR, _build_np_scalar),
+)
+assert len(_TAGS) == _N_CODES
+_TAG_OF = {code: tag for code, tag in enumerate(_TAGS) if tag is not None}
+
+
+class Decoder:
+    """Turns msgpack bytes (and out-of-band frames) back into a message; see the module doc.
+
+    ``intern_pid(node, id, creation)`` returns the Pid to use, so a node can hand back its own
+    cached Pid objects; by default a new `Pid` is built. Not reentrant: one per thread.
+    """
+
+    __slots__ = ("_dtypes", "_ext", "_frames", "_intern_pid", "_list", "_tags")
+
+    def __init__(self, intern_pid: Callable[[str, int, int], Pid] | None = None) -> None:
+        self._intern_pid: Callable[[str, int, int], Pid] = intern_pid or Pid
+        self._frames: Sequence[Any] = ()
+        self._tags = 0
+        self._dtypes: dict[str, np.dtype[Any]] = {}
+        # Bound once: an attribute lookup per call would allocate two method objects.
+        self._ext = self._ext_hook
+        self._list = self._list_hook
+
+    def decode(self, data: bytes | memoryview, frames: Sequence[Any] = ()) -> Any:
+        """Return the one message encoded in ``data``; raise WireError if it is malformed."""
+        self._frames = frames
+        self._tags = 0
+        try:
+            # Keywords spelled out: a **dict costs more than the whole unpack of a small message.
+            obj = unpackb(
+                data,
+                ext_hook=self._ext,
+                list_hook=self._list,
+                raw=False,
+                strict_map_key=False,
+                timestamp=2,
+            )
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError(f"malformed message: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._frames = ()
+        if self._tags:
+            raise _malformed("a type tag outside the head of an array")
+        return obj
+
+    def decode_stream(self, data: bytes | memoryview, frames: Sequence[Any] = ()) -> list[Any]:
+        """Return every message of a batch (encodings laid end to end), in order.
+
+        All or nothing: if any part is malformed or the last one is cut short, raise WireError.
+        """
+        size = memoryview(data).nbytes
+        if size == 0:
+            return []
+        self._frames = frames
+        self._tags = 0
+        try:
+            # The limits on str, bin, array and map sizes default to max_buffer_size, so a
+            # header cannot claim more elements than the batch has bytes.
+            unpacker = Unpacker(
+                max_buffer_size=size,
+                ext_hook=self._ext,
+                list_hook=self._list,
+                raw=False,
+                strict_map_key=False,
+                timestamp=2,
+            )
+            unpacker.feed(data)
+            out = []
+            consumed = 0
+            # tell() after a message is where it ends; iteration stops quietly inside a
+            # truncated last message, having advanced tell() past its start.
+            for obj in unpacker:
+                out.append(obj)
+                consumed = unpacker.tell()
+        except WireError:
+            raise
+        except Exception as exc:
+            raise WireError(f"malformed batch: {type(exc).__name__}: {exc}") from exc
+        finally:
+            self._frames = ()
+        if consumed != size:
+            raise _malformed(f"the batch ends inside a message ({size - consumed} bytes left)")
+        if self._tags:
+            raise _malformed("a type tag outside the head of an array")
+        return out
+
+    def _ext_hook(self, code: int, data: bytes) -> Any:
+        tag = _TAG_OF.get(code)
+        if tag is None or data:
+            raise _malformed(f"unknown ext type {code} ({len(data)} bytes)")
+        self._tags += 1
+        return tag
+
+    def _list_hook(self, lst: list[Any]) -> Any:
+        if lst:
+            tag = lst[0]
+            if tag.__class__ is _Tag:
+                self._tags -= 1
+                if tag is _TUPLE_TAG:
+                    del lst[0]
+                    return tuple(lst)
+                if tag is _PID_TAG:  # the next most common: inlined, as for tuples
+                    _, node, id_, creation = lst
+                    if type(node) is str and type(id_) is int and type(creation) is int:
+                        return self._intern_pid(node, id_, creation)
+                    raise _malformed("a pid is not (str, int, int)")
+                # A wrong number of fields fails the builder's unpacking: a ValueError, which
+                # decode reports as WireError like anything else the builders raise.
+                return tag.build(self, lst)
+        return lst
+
+    def _dtype(self, text: Any) -> np.dtype[Any]:
+        dt = self._dtypes.get(text) if type(text) is str else None
+        if dt is not None:
+            return dt
+        if type(text) is not str or not _DTYPE_RE.fullmatch(text):
+            raise _malformed(f"unsupported dtype {text!r}")
+        try:
+            dt = np.dtype(text)
+        except Exception as exc:
+            raise _malformed(f"unsupported dtype {text!r}") from exc
+        if dt.str != text or dt.kind not in _ARRAY_KINDS or dt.itemsize == 0:
+            raise _malformed(f"unsupported dtype {text!r}")
+        if len(self._dtypes) >= _MAX_DTYPE_CACHE:
+            self._dtypes.clear()
+        self._dtypes[text] = dt
+        return dt
