@@ -83,6 +83,15 @@ def _zmq_context() -> zmq.Context[Any]:
     return _context
 
 
+_monitor_ids = itertools.count(1)
+
+
+def _monitor_address() -> str:
+    # pyzmq's default monitor address is made from the socket's FD number, which the OS
+    # reuses: a new monitor could then connect to a dying one and never hear an event.
+    return f"inproc://numbeam-monitor-{os.getpid()}-{next(_monitor_ids)}"
+
+
 class _Batch:
     __slots__ = ("frames", "parts", "size")
 
@@ -200,7 +209,7 @@ class Distribution:
         self.name = self.addr.name
         self.router = r
         self.router_mon = r.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, _monitor_address()
         )
         self.loop.add_reader(r.FD, self._on_router)
         self.loop.add_reader(self.router_mon.FD, self._on_router_monitor)
@@ -408,10 +417,14 @@ class Distribution:
         addr = parse_node_name(name)
         peer = Peer(addr)
         self.peers[addr.name] = peer
-        self._start_connect(peer)
+        # Connect from the loop, not now: the caller first records its links and monitors
+        # on the peer's node, so that a connection refused at once still reaches them.
+        self.loop.call_soon(self._start_connect, peer)
         return peer
 
     def _start_connect(self, peer: Peer) -> None:
+        if peer.state != _CONNECTING:
+            return  # given up before it started (the node is closing)
         sock = _zmq_context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, int(self.opts.shutdown_timeout * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, -1)  # a lost connection is a lost node, not a retry
@@ -424,15 +437,19 @@ class Distribution:
             sock.curve_publickey = pub
             sock.curve_secretkey = sec
         peer.sock = sock
-        peer.mon = sock.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED)
+        peer.mon = sock.get_monitor_socket(
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED, _monitor_address()
+        )
         sock.connect(peer.addr.endpoint)
-        self.loop.add_reader(sock.FD, self._on_dealer, peer)
-        self.loop.add_reader(peer.mon.FD, self._on_monitor, peer)
-        self._on_monitor(peer)  # drain once to arm the edge-triggered ZMQ_FD
         peer.nonce = new_nonce()
         hello = [b"hello", self.name, self.creation, peer.nonce, peer.slot]
-        sock.send_multipart([MAGIC, msgpack.packb(hello)], zmq.NOBLOCK)
+        sock.send_multipart([MAGIC, msgpack.packb(hello)], zmq.NOBLOCK)  # queued until connected
         peer.timer = self.loop.call_later(self.opts.connect_timeout, self._connect_timeout, peer)
+        self.loop.add_reader(sock.FD, self._on_dealer, peer)
+        self.loop.add_reader(peer.mon.FD, self._on_monitor, peer)
+        # Drain both once, to arm their edge-triggered ZMQ_FDs; this may already find the
+        # connection refused, and take the peer down.
+        self._on_monitor(peer)
         self._check_events(peer)
 
     def _connect_timeout(self, peer: Peer) -> None:

@@ -258,3 +258,88 @@ async def test_ipc_nodes(nodes, tmp_path):
         for i in range(500):
             nb.send(pid, i)
         assert await nb.receive(timeout=T) == ("collected", list(range(500)))
+
+
+async def test_exit_signals_cross_nodes(nodes):
+    b = await nodes("b")
+    async with node_runtime():
+        me = nb.self()
+        trapper = nb.spawn("dist_helpers:trap_and_report", me, me, node=b.name)
+        assert await nb.receive(timeout=T) == ("linked", trapper)
+        # A trapping remote process gets Exit for a plain exit signal...
+        plain = nb.spawn("dist_helpers:wait_forever", node=b.name)
+        ref = nb.monitor(plain)
+        nb.exit(plain, "normal")  # ignored: it does not trap exits
+        nb.exit(plain, "kill")
+        down = await nb.receive(nb.Down, timeout=T)
+        assert (down.ref, down.reason) == (ref, "killed")
+        nb.exit(trapper, "custom")  # trapped there: it reports and exits
+        tag, who, reason = await nb.receive(timeout=T)
+        assert (tag, who, reason) == ("exit", me, "custom")
+
+
+async def test_remote_spawn_with_a_name_and_send_to_name_at_node(nodes):
+    b = await nodes("b")
+    async with node_runtime():
+        pid = nb.spawn("dist_helpers:echo", name="echoer", node=b.name)
+        nb.send(("echoer", b.name), (nb.self(), 1))
+        assert await nb.receive(timeout=T) == (pid, 1)
+        nb.send(("nobody", b.name), "dropped silently, as in Erlang")
+        # A taken name: the new process exits with the error.
+        pid2, ref = nb.spawn_monitor("dist_helpers:echo", node=b.name)
+        nb.send(pid2, "stop")
+        await nb.receive(nb.Down, timeout=T)
+        dup = nb.spawn("dist_helpers:echo", name="echoer", node=b.name)
+        ref = nb.monitor(dup)
+        down = await nb.receive(nb.Down, timeout=T)
+        assert down.ref == ref and isinstance(down.reason, nb.RemoteError)
+        assert down.reason.type_name == "ValueError"
+
+
+async def test_send_after_to_a_remote_pid(nodes):
+    b = await nodes("b")
+    async with node_runtime():
+        pid = nb.spawn("dist_helpers:echo", node=b.name)
+        nb.send_after(0.01, pid, (nb.self(), "later"))
+        assert await nb.receive(timeout=T) == (pid, "later")
+
+
+async def test_remote_spawn_needs_an_importable_function():
+    async with node_runtime():
+
+        async def local_fn():
+            pass
+
+        with pytest.raises(TypeError, match="module-level"):
+            nb.spawn(local_fn, node="b@127.0.0.1:1")
+        with pytest.raises(ValueError, match=r"package\.module:function"):
+            nb.spawn("no_colon", node="b@127.0.0.1:1")
+    async with nb.Runtime():
+        with pytest.raises(RuntimeError, match="this runtime is local"):
+            nb.spawn("dist_helpers:echo", node="b@127.0.0.1:1")
+
+
+async def test_remote_pids_are_not_local_introspection(nodes):
+    b = await nodes("b")
+    async with node_runtime():
+        pid = nb.spawn("dist_helpers:echo", node=b.name)
+        with pytest.raises(ValueError, match="remote"):
+            nb.is_alive(pid)
+        with pytest.raises(ValueError, match="remote"):
+            nb.process_info(pid)
+
+
+async def test_connect_to_a_node_that_is_not_there_returns_false():
+    async with node_runtime():
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        name = f"ghost@127.0.0.1:{port}"
+        assert not await asyncio.wait_for(nb.connect(name), T)
+        nb.monitor_node(name)
+        assert await nb.receive(timeout=T) == nb.NodeDown(name, "noconnection")
+        nb.trap_exit(True)
+        ghost = nb.spawn_link("dist_helpers:echo", node=name)
+        assert await nb.receive(timeout=T) == nb.Exit(ghost, "noconnection")
