@@ -257,6 +257,9 @@ class Runtime:
         self._timers: dict[TimerRef, asyncio.TimerHandle] = {}
         self._ready: deque[Process] = deque()
         self._drain_scheduled = False
+        # Run after each drain of the run queue: the transport sends what the processes just
+        # sent to other nodes, in one batch per node, without waiting another loop iteration.
+        self._after_drain: Callable[[], None] | None = None
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self._root: Process | None = None
         self._token: contextvars.Token[Process] | None = None
@@ -402,6 +405,8 @@ class Runtime:
                 self._loop.call_soon(self._drain)
             else:
                 self._drain_scheduled = False
+            if self._after_drain is not None:
+                self._after_drain()
 
     # -- processes ---------------------------------------------------------------------------
 

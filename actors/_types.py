@@ -158,9 +158,9 @@ def is_normal_exit(reason: Any) -> bool:
 class NodeDown:
     """Delivered to a process that called `nb.monitor_node(name)` when that node is lost.
 
-    ``reason`` is ``"connection_closed"`` (the peer went away or died), ``"disconnect"``
-    (`nb.disconnect` on either side), ``"net_tick_timeout"`` (heartbeats stopped) or
-    ``"noconnection"`` (it could not be reached at all).
+    ``reason`` is ``"connection_closed"`` (the peer stopped, died, or went silent past the
+    heartbeat timeout), ``"disconnect"`` (`nb.disconnect` on either side) or
+    ``"noconnection"`` (it could not be reached, or refused us).
     """
 
     name: str

@@ -63,7 +63,17 @@ from numbeam.actors import (
     whereis,
 )
 from numbeam.supervision import Child, DynamicSupervisor, Supervisor
-from numbeam.transport import connect, disconnect, monitor_node, nodes
+from numbeam.transport import (
+    connect,
+    disconnect,
+    global_register,
+    global_registered,
+    global_unregister,
+    global_whereis,
+    monitor_node,
+    nodes,
+    pg,
+)
 
 _logging.getLogger("numbeam").addHandler(_logging.NullHandler())
 
@@ -97,6 +107,10 @@ __all__ = [
     "demonitor",
     "disconnect",
     "exit",
+    "global_register",
+    "global_registered",
+    "global_unregister",
+    "global_whereis",
     "is_alive",
     "is_normal_exit",
     "link",
@@ -105,6 +119,7 @@ __all__ = [
     "monitor_node",
     "node",
     "nodes",
+    "pg",
     "process_info",
     "processes",
     "receive",

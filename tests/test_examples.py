@@ -79,6 +79,42 @@ def test_supervised_pool_example_restarts_crashed_workers_and_finishes_the_work(
     )
 
 
+def test_cluster_example_reruns_the_jobs_of_a_killed_node_and_leaves_no_process() -> None:
+    proc = run([str(EXAMPLES / "cluster.py")], timeout=50.0)
+    out = proc.stdout
+    assert proc.returncode == 0, f"exited {proc.returncode}:\n{out}\n{proc.stderr}"
+    up = re.search(
+        r"worker nodes up: (w1@127\.0\.0\.1:\d+) \(OS pid (\d+)\), "
+        r"(w2@127\.0\.0\.1:\d+) \(OS pid (\d+)\)",
+        out,
+    )
+    assert up, out
+    names = {"w1": up[1], "w2": up[3]}
+    # The kill: the node that just got a job, so that job at least is lost with it.
+    kill = re.search(r"3 results in: (w[12]) gets job (\d+), and right behind it a SIGKILL", out)
+    assert kill, out
+    victim, survivor = kill[1], ({"w1", "w2"} - {kill[1]}).pop()
+    lost = re.findall(
+        rf"job (\d+) lost with {victim} \(Down noconnection\): back in the queue", out
+    )
+    assert kill[2] in lost
+    assert re.search(rf"NodeDown: {re.escape(names[victim])} \(\w+\)", out)
+    # Every job computed once, the lost ones by the survivor, and checked against numpy here.
+    done = re.findall(
+        r"^INFO +cluster: job (\d+): percentiles .* computed on (w[12])(.*)$", out, re.M
+    )
+    assert sorted(int(job) for job, _, _ in done) == list(range(1, 9))
+    for job, node, note in done:
+        assert (note == " (re-dispatched)") == (job in lost)
+        assert node == survivor if job in lost else node in names
+    summary = f"all 8 jobs done and equal to the local computation: {len(lost)} re-dispatched "
+    assert summary + f"after {victim} died, none lost" in out
+    # Both worker nodes were reaped (the killed one and the one stopped at the end).
+    for pid in (int(up[2]), int(up[4])):
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_cli_prints_version() -> None:
     import numbeam
 

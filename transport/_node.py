@@ -51,7 +51,9 @@ from numbeam.actors._types import Down, NodeDown, Pid, Ref, RemoteError
 from zmq.utils.monitor import parse_monitor_message
 
 from ._cookie import curve_keypair, new_nonce, resolve_cookie, sign, verify
+from ._global import install as install_global_names
 from ._names import NodeAddress, parse_node_name
+from ._pg import install as install_process_groups
 from ._wire import Decoder, Encoder, WireError
 
 if TYPE_CHECKING:
@@ -183,6 +185,8 @@ class Distribution:
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         self._closing = False
+        install_global_names(rt, self)
+        install_process_groups(rt, self)
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -211,6 +215,7 @@ class Distribution:
         self.router_mon = r.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, _monitor_address()
         )
+        self.rt._after_drain = self._after_drain
         self.loop.add_reader(r.FD, self._on_router)
         self.loop.add_reader(self.router_mon.FD, self._on_router_monitor)
         # ZMQ_FD is edge-triggered: it only fires again once a socket has been drained, so
@@ -692,9 +697,14 @@ class Distribution:
     def _mark_dirty(self, peer: Peer) -> None:
         peer.dirty = True
         self._dirty.append(peer)
-        if not self._flush_scheduled:
+        # A pending drain of the run queue flushes when it ends; otherwise flush from the loop.
+        if not self._flush_scheduled and not self.rt._drain_scheduled:
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
+
+    def _after_drain(self) -> None:
+        if self._dirty:
+            self._flush()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -731,21 +741,31 @@ class Distribution:
     def _on_router(self) -> None:
         r = self.router
         recv = r.recv
-        for _ in range(1000):
-            try:
-                ident = recv(zmq.NOBLOCK)
-            except zmq.Again:
-                return
+        getsockopt = r.getsockopt
+        incoming = self.incoming
+        rt = self.rt
+        n = 1000
+        # Reading EVENTS (rather than catching zmq.Again, which is slow to raise) also re-arms
+        # the edge-triggered ZMQ_FD once nothing is left.
+        while getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+            if not n:
+                self.loop.call_soon(self._on_router)  # more waiting: let other work run
+                break
+            n -= 1
+            ident = recv()
             body = recv()
             extra: list[Any] = []
-            while r.getsockopt(zmq.RCVMORE):
+            while getsockopt(zmq.RCVMORE):
                 extra.append(recv(copy=False))
-            inc = self.incoming.get(ident)
+            inc = incoming.get(ident)
             if inc is not None and inc.authed:
                 self._on_batch(inc, body, extra)
             else:
                 self._on_handshake(ident, inc, body, extra)
-        self.loop.call_soon(self._on_router)  # more waiting: let other work run first
+        if rt._ready:
+            # Run the processes these messages woke now, rather than one loop iteration later;
+            # what they send goes out when the drain ends (see _after_drain).
+            rt._drain()
 
     def _on_router_monitor(self) -> None:
         mon = self.router_mon
@@ -798,8 +818,14 @@ class Distribution:
     def _hello(self, ident: bytes, name: str, creation: int, nonce_c: bytes, slot: int) -> None:
         inc = _Incoming(name, creation, slot, new_nonce())
         self.incoming[ident] = inc
+        self.loop.call_later(self.opts.connect_timeout, self._hello_expired, ident, inc)
         proof = sign(self.cookie, b"server", nonce_c, self.name)
         self._router_send(ident, ["challenge", self.name, self.creation, inc.nonce, proof])
+
+    def _hello_expired(self, ident: bytes, inc: _Incoming) -> None:
+        # A connection that said hello but never proved the cookie is forgotten.
+        if not inc.authed and self.incoming.get(ident) is inc:
+            del self.incoming[ident]
 
     def _auth(self, ident: bytes, inc: _Incoming, proof: Any) -> None:
         if not verify(self.cookie, b"client", inc.nonce, inc.name, proof):

@@ -88,3 +88,79 @@ async def sequence_sender(target: nb.Pid, token: str, n: int) -> None:
         nb.send(target, (token, i))
         if i % 50 == 49:
             await asyncio.sleep(0)
+
+
+# ---- global names and process groups (test_global.py, test_pg.py) --------------------------
+
+
+async def global_agent(report_to: nb.Pid) -> None:
+    """Announce ``("agent", self)``, then serve requests ``(op, ...)`` from `report_to`, each
+    answered with a tuple ``(op, self, ...)``, until ``("stop",)``. It registers itself."""
+    me = nb.self()
+    nb.send(report_to, ("agent", me))
+    watched_name = None
+    while True:
+        msg = await nb.receive()
+        if type(msg) is nb.NodeDown:  # after ("watch_node", ...): the view when it arrived
+            nb.send(report_to, ("nodedown", me, msg.name, nb.global_whereis(watched_name)))
+            continue
+        op = msg[0]
+        if op == "stop":
+            return
+        if op == "register":
+            ok = await nb.global_register(msg[1], me)
+            nb.send(report_to, ("register", me, ok, nb.global_whereis(msg[1])))
+        elif op == "started_register":  # say so first, then register (the caller kills us)
+            nb.send(report_to, ("started_register", me))
+            await nb.global_register(msg[1], me)
+        elif op == "whereis":
+            nb.send(report_to, ("whereis", me, nb.global_whereis(msg[1]), nb.global_registered()))
+        elif op == "whereis_via":  # first a round trip to the echo process `msg[2]`
+            via = msg[2]
+            nb.send(via, (me, "ping"))
+            await nb.receive(lambda m, via=via: type(m) is tuple and m == (via, "ping"))
+            nb.send(report_to, ("whereis_via", me, nb.global_whereis(msg[1])))
+        elif op == "unregister":
+            await nb.global_unregister(msg[1])
+            nb.send(report_to, ("unregister", me))
+        elif op == "connect":
+            nb.send(report_to, ("connect", me, await nb.connect(msg[1])))
+        elif op == "split_register":  # register while apart from node `msg[2]`, then rejoin
+            _, name, node = msg
+            nb.disconnect(node)
+            ok = await nb.global_register(name, me)
+            await nb.connect(node)
+            nb.send(report_to, ("split_register", me, ok))
+        elif op == "watch_node":
+            _, node, watched_name = msg
+            nb.monitor_node(node)
+            nb.send(report_to, ("watch_node", me))
+
+
+async def pg_agent(report_to: nb.Pid) -> None:
+    """Announce ``("agent", self)``, then serve process-group requests from `report_to`, each
+    answered with a tuple ``(op, self, ...)``, until ``("stop",)``."""
+    me = nb.self()
+    nb.send(report_to, ("agent", me))
+    while True:
+        msg = await nb.receive()
+        op = msg[0]
+        if op == "stop":
+            return
+        if op == "join":
+            nb.pg.join(msg[1], me)
+            nb.send(report_to, ("join", me))
+        elif op == "leave":
+            nb.send(report_to, ("leave", me, nb.pg.leave(msg[1], me)))
+        elif op == "connect":
+            nb.send(report_to, ("connect", me, await nb.connect(msg[1])))
+        elif op == "wait_members":  # wait until this node sees `n` members, then report them
+            _, group, n = msg
+            ref, members = nb.pg.monitor(group)
+            while len(members) != n:
+                await nb.receive(
+                    lambda m, ref=ref: type(m) in (nb.pg.Join, nb.pg.Leave) and m.ref == ref
+                )
+                members = nb.pg.members(group)
+            nb.pg.demonitor(ref)
+            nb.send(report_to, ("wait_members", me, members))
