@@ -747,7 +747,7 @@ class Distribution:
         n = 1000
         # Reading EVENTS (rather than catching zmq.Again, which is slow to raise) also re-arms
         # the edge-triggered ZMQ_FD once nothing is left.
-        while getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[operator]
+        while getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[arg-type, operator]
             if not n:
                 self.loop.call_soon(self._on_router)  # more waiting: let other work run
                 break
