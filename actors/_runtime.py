@@ -512,6 +512,9 @@ class Runtime:
                 handle = self._timers.pop(tref, None)
                 if handle is not None:
                     handle.cancel()
+        if self.exit_hooks:  # global names and groups: freed before anyone hears of the exit
+            for hook in self.exit_hooks:
+                hook(pid)
         dist = self.dist
         links, proc.links = proc.links, None
         if links:
@@ -543,9 +546,6 @@ class Runtime:
                 elif dist is not None:
                     dist.demonitor(ref, target_pid)
         proc.mailbox = None
-        if self.exit_hooks:
-            for hook in self.exit_hooks:
-                hook(pid)
         if self._stopping:
             self._exited.set()
 
