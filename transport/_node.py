@@ -64,7 +64,7 @@ log = logging.getLogger("numbeam.transport")
 MAGIC = b"NBH1"
 SLOT_SHIFT = 40  # ids >= 1 << 40 are allocated by the node that asked for the spawn
 _LOCAL_IDS = (1 << SLOT_SHIFT) - 1
-BATCH_BYTES = 256 * 1024  # a batch is sealed (sent as its own ZeroMQ message) beyond this
+BATCH_BYTES = 64 * 1024  # a batch is sealed (sent as its own ZeroMQ message) beyond this
 
 # Operations (the first element of each item in a batch).
 OP_SEND, OP_SEND_NAME, OP_LINK, OP_UNLINK, OP_EXIT, OP_MONITOR, OP_DEMONITOR = range(7)
@@ -677,11 +677,15 @@ class Distribution:
             raise
         batch.parts.append(data)
         batch.size += len(data)
-        for f in batch.frames[n:]:
-            batch.size += f.nbytes
+        if len(batch.frames) > n:
+            for f in batch.frames[n:]:
+                batch.size += f.nbytes
         if batch.size >= BATCH_BYTES:
+            # A full batch goes out now, so the peer decodes it while we encode the next.
             peer.sealed.append(batch)
             peer.batch = _Batch()
+            if peer.state == _UP:
+                self._flush_peer(peer)
         if not peer.dirty:
             self._mark_dirty(peer)
 
