@@ -64,7 +64,21 @@ log = logging.getLogger("numbeam.transport")
 MAGIC = b"NBH1"
 SLOT_SHIFT = 40  # ids >= 1 << 40 are allocated by the node that asked for the spawn
 _LOCAL_IDS = (1 << SLOT_SHIFT) - 1
-BATCH_BYTES = 64 * 1024  # a batch is sealed (sent as its own ZeroMQ message) beyond this
+BATCH_BYTES = 16 * 1024  # a batch is sealed (sent as its own ZeroMQ message) beyond this
+
+# Plain ints: zmq's constants are IntFlags, whose `&` costs more than the getsockopt itself.
+_EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
+_POLLIN, _POLLOUT, _NOBLOCK = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)
+
+
+def _array_header(n: int) -> bytes:
+    """The msgpack header of an array of `n` items: a batch is one array of operations."""
+    if n < 16:
+        return bytes((0x90 | n,))
+    if n < 1 << 16:
+        return b"\xdc" + n.to_bytes(2, "big")
+    return b"\xdd" + n.to_bytes(4, "big")
+
 
 # Operations (the first element of each item in a batch).
 OP_SEND, OP_SEND_NAME, OP_LINK, OP_UNLINK, OP_EXIT, OP_MONITOR, OP_DEMONITOR = range(7)
@@ -467,7 +481,7 @@ class Distribution:
     def _check_events(self, peer: Peer) -> None:
         # After a send, ZMQ_FD may not fire for what is already readable: look now.
         sock = peer.sock
-        if sock is not None and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+        if sock is not None and sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
             self.loop.call_soon(self._on_dealer, peer)
 
     def _on_dealer(self, peer: Peer) -> None:
@@ -485,7 +499,7 @@ class Distribution:
             self._handshake_reply(peer, frames)
             if peer.sock is None:
                 return
-        if peer.sealed and int(sock.getsockopt(zmq.EVENTS)) & zmq.POLLOUT:
+        if peer.state == _UP and peer.sealed and sock.getsockopt(_EVENTS) & _POLLOUT:  # type: ignore[operator]
             self._flush_peer(peer)
 
     def _handshake_reply(self, peer: Peer, frames: list[bytes]) -> None:
@@ -727,12 +741,13 @@ class Distribution:
         sealed = peer.sealed
         while sealed:
             b = sealed[0]
-            body = b.parts[0] if len(b.parts) == 1 else b"".join(b.parts)
+            parts = b.parts
+            body = _array_header(len(parts)) + (parts[0] if len(parts) == 1 else b"".join(parts))
             try:
                 if b.frames:
-                    sock.send_multipart([body, *b.frames], zmq.NOBLOCK, copy=False)
+                    sock.send_multipart([body, *b.frames], _NOBLOCK, copy=False)
                 else:
-                    sock.send(body, zmq.NOBLOCK)
+                    sock.send(body, _NOBLOCK)
             except zmq.Again:
                 # Back-pressure: ZeroMQ's queue is full. Keep it; the DEALER's readiness
                 # (its FD) calls _on_dealer, which flushes again.
@@ -749,23 +764,30 @@ class Distribution:
         incoming = self.incoming
         rt = self.rt
         n = 1000
-        # Reading EVENTS (rather than catching zmq.Again, which is slow to raise) also re-arms
-        # the edge-triggered ZMQ_FD once nothing is left.
-        while getsockopt(zmq.EVENTS) & zmq.POLLIN:  # type: ignore[arg-type, operator]
+        # The FD fired, so a message is most likely there: take it without asking first.
+        # After it, ask EVENTS rather than catch zmq.Again (slow to raise); reading EVENTS until
+        # nothing is left also re-arms the edge-triggered ZMQ_FD.
+        try:
+            ident = recv(_NOBLOCK)
+        except zmq.Again:
+            ident = None
+        while ident is not None or getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
             if not n:
                 self.loop.call_soon(self._on_router)  # more waiting: let other work run
                 break
             n -= 1
-            ident = recv()
+            if ident is None:
+                ident = recv()
             body = recv()
             extra: list[Any] = []
-            while getsockopt(zmq.RCVMORE):
+            while getsockopt(_RCVMORE):
                 extra.append(recv(copy=False))
             inc = incoming.get(ident)
             if inc is not None and inc.authed:
                 self._on_batch(inc, body, extra)
             else:
                 self._on_handshake(ident, inc, body, extra)
+            ident = None
         if rt._ready:
             # Run the processes these messages woke now, rather than one loop iteration later;
             # what they send goes out when the drain ends (see _after_drain).
@@ -816,7 +838,14 @@ class Distribution:
                 raise ValueError(f"unexpected handshake step {kind!r}")
         except Exception as e:
             log.warning(
-                "node %s: dropped a frame from an unauthenticated connection: %s", self.name, e
+                "node %s: dropped a frame from an unauthenticated connection: %s "
+                "[ident %s, %s, %d bytes %r]",
+                self.name,
+                e,
+                ident.hex(),
+                "said hello" if inc is not None else "unknown",
+                len(magic),
+                magic[:24],
             )
 
     def _hello(self, ident: bytes, name: str, creation: int, nonce_c: bytes, slot: int) -> None:
@@ -862,13 +891,23 @@ class Distribution:
 
     def _on_batch(self, inc: _Incoming, body: bytes, extra: list[Any]) -> None:
         try:
-            items = self.decoder.decode_stream(body, extra)
+            items = self.decoder.decode(body, extra)
+            if type(items) is not list:
+                raise WireError("a batch must be an array of operations")
         except WireError as e:
             log.warning("node %s: dropped a malformed batch from %s: %s", self.name, inc.name, e)
             return
         src = inc.name
+        procs = self.rt._procs
+        deliver = self.rt._deliver
         for item in items:
             try:
+                # The common case inline: a message to a live process of ours.
+                if type(item) is list and len(item) == 4 and item[0] == OP_SEND:
+                    proc = procs.get(item[1])
+                    if proc is not None and proc.pid.creation == item[2]:
+                        deliver(proc, item[3])
+                        continue
                 self._dispatch(src, item)
             except Exception as e:
                 log.warning(

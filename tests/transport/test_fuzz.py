@@ -119,14 +119,14 @@ async def test_a_node_drops_garbage_and_keeps_serving_a_good_peer(nodes, caplog)
             valid = []
             for item in _valid_items(me):
                 frames: list = []
-                valid.append(enc.encode(item, frames))
+                valid.append(b"\x91" + enc.encode(item, frames))  # a batch of one
             for i in range(2000):
                 body = _mutate(rng, rng.choice(valid)) if i % 3 else rng.choice(valid)
                 extra = [rng.randbytes(8)] if rng.random() < 0.1 else []
                 await evil.send_multipart([body, *extra])
             # unknown ext type, a frame index that is not there, an oversized frame
-            await evil.send(msgpack.packb([OP_SEND, 1, 1, msgpack.ExtType(99, b"x")]))
-            await evil.send(b"\x94\x00\x01\x01\xd4\x0d\x00")
+            await evil.send(msgpack.packb([[OP_SEND, 1, 1, msgpack.ExtType(99, b"x")]]))
+            await evil.send(b"\x91\x94\x00\x01\x01\xd4\x0d\x00")
             await evil.send(b"\x00" * (2 << 20))
             # 4. a peer with the wrong cookie.
             wrong = ctx.socket(zmq.DEALER)
@@ -161,3 +161,37 @@ async def test_a_node_drops_garbage_and_keeps_serving_a_good_peer(nodes, caplog)
     assert "unauthenticated" in text
     assert "malformed" in text
     assert "wrong cookie" in text
+
+
+async def test_nothing_is_sent_to_a_node_before_its_handshake_completes():
+    """Messages queued for a node while we connect (here more than a batch, so sealed ones
+    too) go out only after the welcome: a data frame before it would be dropped there."""
+    port = _free_port()
+    name = f"slow@127.0.0.1:{port}"
+    ctx = zmq.asyncio.Context()
+    server = ctx.socket(zmq.ROUTER)
+    server.setsockopt(zmq.LINGER, 0)
+    server.bind(f"tcp://127.0.0.1:{port}")
+    try:
+        async with node_runtime(connect_timeout=60.0):
+            pid = nb.spawn("dist_helpers:echo", node=name)  # connects, and queues the spawn
+            for i in range(200):
+                nb.send(pid, ("x" * 1000, i))  # ~200 KB: several sealed batches
+            ident, magic, payload = await asyncio.wait_for(server.recv_multipart(), T)
+            kind, client, _creation, nonce_c, _slot = msgpack.unpackb(payload)
+            assert (magic, kind, client) == (MAGIC, b"hello", nb.node())
+            nonce_s = new_nonce()
+            proof = sign(COOKIE, b"server", nonce_c, name)
+            await server.send_multipart(
+                [ident, MAGIC, msgpack.packb(["challenge", name, 99, nonce_s, proof])]
+            )
+            # The next frame must be the auth, not queued data.
+            ident2, magic, payload = await asyncio.wait_for(server.recv_multipart(), T)
+            assert (ident2, magic, msgpack.unpackb(payload)[0]) == (ident, MAGIC, b"auth")
+            await server.send_multipart([ident, MAGIC, msgpack.packb(["welcome", []])])
+            frames = await asyncio.wait_for(server.recv_multipart(), T)
+            assert frames[0] == ident and frames[1] != MAGIC  # now the data: a batch
+            assert nb.disconnect(name)  # it would never acknowledge a goodbye
+    finally:
+        server.close(0)
+        ctx.term()
