@@ -1,4 +1,5 @@
-"""The benchmarks still run: `bench/actors.py --quick` exits 0 and reports every benchmark.
+"""The benchmarks still run: `bench/actors.py --quick` and `bench/transport.py --quick` exit 0
+and report every benchmark.
 
 Only that it runs and prints its rows: timings vary with the machine and its load, so no
 figure is asserted here (the targets are checked by reading the full run, see bench/README.md).
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "actors.py"
+TRANSPORT_BENCH = BENCH.parent / "transport.py"
 
 ROWS = (
     "ping-pong",
@@ -20,6 +22,12 @@ ROWS = (
     "memory/process (rss)",
     "ring of",
     "restart under one_for_one",
+)
+
+TRANSPORT_ROWS = tuple(
+    (transport, bench)
+    for transport in ("tcp ", "ipc ")
+    for bench in ("ping-pong", "one-way", "array")
 )
 
 
@@ -36,3 +44,31 @@ def test_quick_benchmark_runs_and_prints_every_row() -> None:
         matching = [line for line in lines if row in line]
         assert matching, f"no {row!r} row in the benchmark output:\n{out.stdout}"
         assert any(r in matching[0] for r in ("PASS", "FAIL", "info", "SKIP")), matching[0]
+
+
+def test_quick_transport_benchmark_runs_and_prints_every_row() -> None:
+    """Node B and the raw servers start as OS processes, every benchmark runs on both transports
+    (in each CPU placement this machine allows), and the run exits 0 (a few seconds)."""
+    proc = subprocess.Popen(
+        [sys.executable, str(TRANSPORT_BENCH), "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the benchmark stops its node and servers on the way out
+        out, err = proc.communicate(timeout=15)
+        raise AssertionError(f"the quick transport benchmark took over 40 s:\n{out}{err}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    lines = out.splitlines()
+    for transport, bench in TRANSPORT_ROWS:
+        matching = [line for line in lines if line.startswith(transport) and bench in line]
+        assert matching, f"no {transport}{bench} row in the benchmark output:\n{out}"
+        for line in matching:
+            assert any(r in line for r in ("PASS", "FAIL", "SKIP")), line
