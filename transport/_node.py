@@ -248,6 +248,15 @@ class Distribution:
         """Say goodbye to every peer, wait (bounded) until each has acknowledged everything we
         sent, then close all sockets. Called by the runtime after its processes are gone."""
         self._closing = True
+        # Messages queued for a node we are still connecting to go out once it is up.
+        connecting = []
+        for peer in self.peers.values():
+            if peer.state == _CONNECTING and (peer.batch.parts or peer.sealed):
+                fut: asyncio.Future[bool] = self.loop.create_future()
+                peer.waiters.append(fut)
+                connecting.append(fut)
+        if connecting:
+            await asyncio.wait(connecting, timeout=self.opts.shutdown_timeout)
         self._flush()
         waits = []
         for peer in list(self.peers.values()):
@@ -432,7 +441,7 @@ class Distribution:
         if name == self.name:
             return None
         if self._closing:
-            raise RuntimeError("the node is shutting down")
+            return None  # no new connections while the node shuts down
         addr = parse_node_name(name)
         peer = Peer(addr)
         self.peers[addr.name] = peer

@@ -164,3 +164,14 @@ async def pg_agent(report_to: nb.Pid) -> None:
                 members = nb.pg.members(group)
             nb.pg.demonitor(ref)
             nb.send(report_to, ("wait_members", me, members))
+
+
+async def burst_then_stop_node(target: nb.Pid, n: int) -> None:
+    """Send ``("burst", i)`` for i in range(n) in one go, then stop this node (SIGTERM): a
+    node that shuts down must still deliver everything it sent."""
+    import os
+    import signal
+
+    for i in range(n):
+        nb.send(target, ("burst", i))
+    os.kill(os.getpid(), signal.SIGTERM)

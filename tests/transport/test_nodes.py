@@ -343,3 +343,16 @@ async def test_connect_to_a_node_that_is_not_there_returns_false():
         nb.trap_exit(True)
         ghost = nb.spawn_link("dist_helpers:echo", node=name)
         assert await nb.receive(timeout=T) == nb.Exit(ghost, "noconnection")
+
+
+async def test_a_node_that_shuts_down_right_after_sending_loses_nothing(nodes):
+    b = await nodes("b")
+    async with node_runtime():
+        nb.monitor_node(b.name)
+        n = 50_000
+        nb.spawn("dist_helpers:burst_then_stop_node", nb.self(), n, node=b.name)
+        got = [await nb.receive(timeout=T) for _ in range(n)]
+        assert got == [("burst", i) for i in range(n)]
+        down = await nb.receive(nb.NodeDown, timeout=T)
+        assert down.reason == "connection_closed"
+        assert await b.wait() == 0
