@@ -275,6 +275,9 @@ class Distribution:
             self.router.disable_monitor()
             self.router_mon.close(0)
         self.router.close(0)
+        if self.addr.transport == "ipc":
+            with contextlib.suppress(OSError):  # ZeroMQ leaves the socket file behind
+                os.unlink(self.addr.path)
 
     # -- public operations -----------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 
@@ -254,10 +255,13 @@ async def test_ipc_nodes(nodes, tmp_path):
     assert b.name == f"b@ipc://{tmp_path}/b.sock"
     async with nb.Runtime(node="t@ipc://", cookie="numbeam-test-cookie"):
         assert nb.node().startswith("t@ipc://")
+        path = nb.node()[len("t@ipc://") :]
+        assert os.path.exists(path)
         pid = nb.spawn("dist_helpers:collect", nb.self(), 500, node=b.name)
         for i in range(500):
             nb.send(pid, i)
         assert await nb.receive(timeout=T) == ("collected", list(range(500)))
+    assert not os.path.exists(path)  # the node removes its socket file when it stops
 
 
 async def test_exit_signals_cross_nodes(nodes):
