@@ -268,6 +268,8 @@ class Runtime:
         self.dist: Distribution | None = None  # the distribution layer, when node= is given
         # Called with the pid of every process that exits (global names, process groups).
         self.exit_hooks: list[Callable[[Pid], None]] = []
+        # Per-node state of other layers (global names, process groups), by key.
+        self.extensions: dict[str, Any] = {}
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -373,6 +375,13 @@ class Runtime:
         self._ready.clear()
         if self.dist is not None:
             await self.dist.close()
+
+    def extension(self, key: str, factory: Callable[[Runtime], T]) -> T:
+        """This node's state for another layer, made by ``factory(rt)`` on first use."""
+        ext = self.extensions.get(key)
+        if ext is None:
+            ext = self.extensions[key] = factory(self)
+        return ext  # type: ignore[no-any-return]
 
     def statistics(self) -> dict[str, int]:
         """Counts for debugging: processes, registered names, timers, ready queue length."""

@@ -504,28 +504,18 @@ def _check_entry(home: str, name: Any, pid: Any) -> None:
 
 # ---- installing and the public functions ---------------------------------------------------
 
-_installed: GlobalNames | None = None
-
-
 def install(rt: Runtime, dist: Distribution | None = None) -> GlobalNames:
     """Give the runtime `rt` its global name table, hooked into `dist` (default ``rt.dist``).
 
-    Call it once per runtime, where the distribution layer is created (before any connection
-    can come up, so no node-up is missed). A local runtime needs no call: the first use
-    installs it.
+    The distribution layer calls it when it is created, before any connection can come up, so
+    no node-up is missed. A local runtime needs no call: the first use installs it.
     """
-    global _installed
-    if _installed is None or _installed.rt is not rt:
-        _installed = GlobalNames(rt, dist)
-    return _installed
+    ext = rt.extensions['global_names'] = GlobalNames(rt, dist)
+    return ext
 
 
 def _table() -> GlobalNames:
-    rt = _rt()
-    table = _installed
-    if table is None or table.rt is not rt:
-        table = install(rt)  # a local runtime that nobody installed it for: nothing to miss
-    return table
+    return _rt().extension('global_names', GlobalNames)
 
 
 def _check_name(name: Any, what: str) -> None:

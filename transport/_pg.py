@@ -273,28 +273,18 @@ def _check_group(group: Any) -> None:
 
 # ---- installing and the public functions ---------------------------------------------------
 
-_installed: ProcessGroups | None = None
-
-
 def install(rt: Runtime, dist: Distribution | None = None) -> ProcessGroups:
     """Give the runtime `rt` its process groups, hooked into `dist` (default ``rt.dist``).
 
-    Call it once per runtime, where the distribution layer is created (before any connection
-    can come up, so no node-up is missed). A local runtime needs no call: the first use
-    installs it.
+    The distribution layer calls it when it is created, before any connection can come up, so
+    no node-up is missed. A local runtime needs no call: the first use installs it.
     """
-    global _installed
-    if _installed is None or _installed.rt is not rt:
-        _installed = ProcessGroups(rt, dist)
-    return _installed
+    ext = rt.extensions['process_groups'] = ProcessGroups(rt, dist)
+    return ext
 
 
 def _groups() -> ProcessGroups:
-    rt = _rt()
-    groups = _installed
-    if groups is None or groups.rt is not rt:
-        groups = install(rt)  # a local runtime that nobody installed it for: nothing to miss
-    return groups
+    return _rt().extension('process_groups', ProcessGroups)
 
 
 def _local_pids(pid_or_pids: Any, what: str, alive: bool) -> list[Pid]:

@@ -5,34 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import Any
 
 import pytest
-from conftest import node_runtime
+from conftest import ask, forever, node_runtime, start_agent
 
 import numbeam as nb
 
 T = 20.0  # bound on every wait; a healthy run takes milliseconds
 
 
-async def _forever() -> None:
-    await nb.receive(lambda m: False)
-
-
 async def agent(node: str) -> nb.Pid:
     """Start a `dist_helpers.global_agent` on `node`; returns its pid once it is running."""
-    pid = nb.spawn("dist_helpers:global_agent", nb.self(), node=node)
-    assert await nb.receive(lambda m: m == ("agent", pid), timeout=T) == ("agent", pid)
-    return pid
-
-
-async def ask(pid: nb.Pid, op: str, *args: Any) -> tuple[Any, ...]:
-    """Send ``(op, *args)`` to an agent and return what follows ``(op, pid)`` in its answer."""
-    nb.send(pid, (op, *args))
-    reply = await nb.receive(
-        lambda m: type(m) is tuple and len(m) >= 2 and m[:2] == (op, pid), timeout=T
-    )
-    return reply[2:]
+    return await start_agent(node, "dist_helpers:global_agent")
 
 
 async def mesh(*agents: nb.Pid) -> None:
@@ -63,7 +47,7 @@ async def test_register_whereis_unregister_on_a_local_runtime():
 async def test_a_name_is_taken_once_and_a_pid_may_hold_several():
     async with nb.Runtime():
         me = nb.self()
-        other = nb.spawn(_forever)
+        other = nb.spawn(forever)
         assert await nb.global_register("a", me)
         assert await nb.global_register("b", me)
         assert not await nb.global_register("a", other)
@@ -74,7 +58,7 @@ async def test_a_name_is_taken_once_and_a_pid_may_hold_several():
 
 async def test_names_are_freed_when_their_process_exits():
     async with nb.Runtime():
-        pid, _ = nb.spawn_monitor(_forever)
+        pid, _ = nb.spawn_monitor(forever)
         assert await nb.global_register("x", pid)
         assert await nb.global_register("y", pid)
         nb.exit(pid, "kill")
@@ -107,7 +91,7 @@ async def test_bad_arguments_are_refused():
             await nb.global_register("n", "not a pid")  # type: ignore[arg-type]
         with pytest.raises(TypeError):
             nb.global_whereis(None)  # type: ignore[arg-type]
-        pid, _ = nb.spawn_monitor(_forever)
+        pid, _ = nb.spawn_monitor(forever)
         nb.exit(pid, "kill")
         await nb.receive(nb.Down, timeout=T)
         with pytest.raises(ValueError, match="not a live process"):

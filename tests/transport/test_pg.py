@@ -4,34 +4,18 @@ from __future__ import annotations
 
 import signal
 from collections import Counter
-from typing import Any
 
 import pytest
-from conftest import node_runtime
+from conftest import ask, forever, node_runtime, start_agent
 
 import numbeam as nb
 
 T = 20.0  # bound on every wait; a healthy run takes milliseconds
 
 
-async def _forever() -> None:
-    await nb.receive(lambda m: False)
-
-
 async def agent(node: str) -> nb.Pid:
     """Start a `dist_helpers.pg_agent` on `node`; returns its pid once it is running."""
-    pid = nb.spawn("dist_helpers:pg_agent", nb.self(), node=node)
-    assert await nb.receive(lambda m: m == ("agent", pid), timeout=T) == ("agent", pid)
-    return pid
-
-
-async def ask(pid: nb.Pid, op: str, *args: Any) -> tuple[Any, ...]:
-    """Send ``(op, *args)`` to an agent and return what follows ``(op, pid)`` in its answer."""
-    nb.send(pid, (op, *args))
-    reply = await nb.receive(
-        lambda m: type(m) is tuple and len(m) >= 2 and m[:2] == (op, pid), timeout=T
-    )
-    return reply[2:]
+    return await start_agent(node, "dist_helpers:pg_agent")
 
 
 async def event(ref: nb.Ref) -> nb.pg.Join | nb.pg.Leave:
@@ -46,7 +30,7 @@ async def event(ref: nb.Ref) -> nb.pg.Join | nb.pg.Leave:
 
 async def test_join_leave_and_members_on_a_local_runtime():
     async with nb.Runtime():
-        a, b = nb.spawn(_forever), nb.spawn(_forever)
+        a, b = nb.spawn(forever), nb.spawn(forever)
         assert nb.pg.members("g") == [] and nb.pg.which_groups() == []
         nb.pg.join("g", a)
         nb.pg.join("g", [a, b])  # a second time for a: it must leave twice
@@ -65,8 +49,8 @@ async def test_join_leave_and_members_on_a_local_runtime():
 
 async def test_a_process_that_exits_leaves_all_its_groups():
     async with nb.Runtime():
-        pid, _ = nb.spawn_monitor(_forever)
-        keep = nb.spawn(_forever)
+        pid, _ = nb.spawn_monitor(forever)
+        keep = nb.spawn(forever)
         nb.pg.join("g", [pid, pid, keep])
         nb.pg.join("h", pid)
         ref, members = nb.pg.monitor("g")
@@ -81,11 +65,11 @@ async def test_a_process_that_exits_leaves_all_its_groups():
 
 async def test_monitor_reports_joins_and_leaves_until_demonitor():
     async with nb.Runtime(node="solo@127.0.0.1:0", cookie="c"):
-        a = nb.spawn(_forever)
+        a = nb.spawn(forever)
         nb.pg.join("g", a)
         ref, members = nb.pg.monitor("g")
         assert members == [a]
-        b = nb.spawn(_forever)
+        b = nb.spawn(forever)
         nb.pg.join("g", [b, b])
         nb.pg.join("other", b)  # another group: not reported
         nb.pg.leave("g", a)
@@ -129,7 +113,7 @@ async def test_bad_arguments_are_refused():
             nb.pg.join("g", nb.Pid("far@127.0.0.1:9", 1, 1))
         with pytest.raises(ValueError, match="remote"):
             nb.pg.leave("g", nb.Pid("far@127.0.0.1:9", 1, 1))
-        dead, _ = nb.spawn_monitor(_forever)
+        dead, _ = nb.spawn_monitor(forever)
         nb.exit(dead, "kill")
         await nb.receive(nb.Down, timeout=T)
         with pytest.raises(ValueError, match="not a live process"):
@@ -151,7 +135,7 @@ async def test_members_converge_on_three_nodes(nodes):
         ab, ac = await agent(b.name), await agent(c.name)
         assert await ask(ab, "connect", c.name) == (True,)
         assert await ask(ac, "connect", b.name) == (True,)
-        local = nb.spawn(_forever)
+        local = nb.spawn(forever)
         nb.pg.join(group, local)
         assert await event(ref) == nb.pg.Join(ref, group, [local])
         assert await ask(ab, "join", group) == ()
@@ -214,7 +198,7 @@ async def test_the_members_of_a_killed_node_vanish_from_every_view(nodes):
 async def test_a_node_that_connects_learns_the_existing_members(nodes):
     b = await nodes("b")
     async with node_runtime():
-        local = nb.spawn(_forever)
+        local = nb.spawn(forever)
         nb.pg.join("early", [local, local])  # before any other node is connected
         ref, _ = nb.pg.monitor("early")
         ab = await agent(b.name)
