@@ -504,18 +504,19 @@ def _check_entry(home: str, name: Any, pid: Any) -> None:
 
 # ---- installing and the public functions ---------------------------------------------------
 
+
 def install(rt: Runtime, dist: Distribution | None = None) -> GlobalNames:
     """Give the runtime `rt` its global name table, hooked into `dist` (default ``rt.dist``).
 
     The distribution layer calls it when it is created, before any connection can come up, so
     no node-up is missed. A local runtime needs no call: the first use installs it.
     """
-    ext = rt.extensions['global_names'] = GlobalNames(rt, dist)
+    ext = rt.extensions["global_names"] = GlobalNames(rt, dist)
     return ext
 
 
 def _table() -> GlobalNames:
-    return _rt().extension('global_names', GlobalNames)
+    return _rt().extension("global_names", GlobalNames)
 
 
 def _check_name(name: Any, what: str) -> None:

@@ -126,6 +126,7 @@ class Peer:
         "bye_waiter",
         "creation",
         "dirty",
+        "handshake_out",
         "mon",
         "name",
         "next_spawn",
@@ -148,6 +149,7 @@ class Peer:
         self.slot = random.getrandbits(22) + 1
         self.next_spawn = itertools.count(1)
         self.nonce = b""
+        self.handshake_out: list[bytes] | None = None  # a handshake step waiting to be sent
         self.batch = _Batch()
         self.sealed: deque[_Batch] = deque()
         self.dirty = False
@@ -472,10 +474,9 @@ class Distribution:
             zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED, _monitor_address()
         )
         sock.connect(peer.addr.endpoint)
-        peer.nonce = new_nonce()
-        hello = [b"hello", self.name, self.creation, peer.nonce, peer.slot]
-        sock.send_multipart([MAGIC, msgpack.packb(hello)], zmq.NOBLOCK)  # queued until connected
         peer.timer = self.loop.call_later(self.opts.connect_timeout, self._connect_timeout, peer)
+        peer.nonce = new_nonce()
+        self._handshake_send(peer, [b"hello", self.name, self.creation, peer.nonce, peer.slot])
         self.loop.add_reader(sock.FD, self._on_dealer, peer)
         self.loop.add_reader(peer.mon.FD, self._on_monitor, peer)
         # Drain both once, to arm their edge-triggered ZMQ_FDs; this may already find the
@@ -496,11 +497,28 @@ class Distribution:
         if sock is not None and sock.getsockopt(_EVENTS) & _POLLIN:  # type: ignore[operator]
             self.loop.call_soon(self._on_dealer, peer)
 
+    def _handshake_send(self, peer: Peer, msg: list[Any]) -> None:
+        """Send a handshake step; if ZeroMQ cannot take it yet, `_on_dealer` sends it later."""
+        peer.handshake_out = [MAGIC, msgpack.packb(msg)]
+        self._handshake_retry(peer)
+
+    def _handshake_retry(self, peer: Peer) -> None:
+        if peer.handshake_out is None or peer.sock is None:
+            return
+        try:
+            peer.sock.send_multipart(peer.handshake_out, _NOBLOCK)
+        except zmq.Again:
+            return  # no connection to queue it on yet: the DEALER's FD will fire
+        peer.handshake_out = None
+        self._check_events(peer)
+
     def _on_dealer(self, peer: Peer) -> None:
-        """Readable DEALER: handshake replies from the server; writable: flush what waited."""
+        """Readable DEALER: handshake replies from the server; writable: send what waited."""
         sock = peer.sock
         if sock is None:
             return
+        if peer.handshake_out is not None:
+            self._handshake_retry(peer)
         while True:
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
@@ -554,10 +572,7 @@ class Distribution:
                 self._node_down(peer, "noconnection")
                 return
             peer.creation = creation
-            auth = [b"auth", sign(self.cookie, b"client", nonce_s, self.name)]
-            assert peer.sock is not None
-            peer.sock.send_multipart([MAGIC, msgpack.packb(auth)], zmq.NOBLOCK)
-            self._check_events(peer)
+            self._handshake_send(peer, [b"auth", sign(self.cookie, b"client", nonce_s, self.name)])
         elif kind == "welcome" and len(msg) == 2:
             self._node_up(peer, msg[1])
         elif kind == "denied":

@@ -273,18 +273,19 @@ def _check_group(group: Any) -> None:
 
 # ---- installing and the public functions ---------------------------------------------------
 
+
 def install(rt: Runtime, dist: Distribution | None = None) -> ProcessGroups:
     """Give the runtime `rt` its process groups, hooked into `dist` (default ``rt.dist``).
 
     The distribution layer calls it when it is created, before any connection can come up, so
     no node-up is missed. A local runtime needs no call: the first use installs it.
     """
-    ext = rt.extensions['process_groups'] = ProcessGroups(rt, dist)
+    ext = rt.extensions["process_groups"] = ProcessGroups(rt, dist)
     return ext
 
 
 def _groups() -> ProcessGroups:
-    return _rt().extension('process_groups', ProcessGroups)
+    return _rt().extension("process_groups", ProcessGroups)
 
 
 def _local_pids(pid_or_pids: Any, what: str, alive: bool) -> list[Pid]:

@@ -7,6 +7,7 @@ import os
 import signal
 import time
 
+import numpy as np
 import pytest
 from conftest import node_runtime
 
@@ -360,3 +361,14 @@ async def test_a_node_that_shuts_down_right_after_sending_loses_nothing(nodes):
         down = await nb.receive(nb.NodeDown, timeout=T)
         assert down.reason == "connection_closed"
         assert await b.wait() == 0
+
+
+async def test_curve_encrypted_nodes_talk_and_plain_ones_cannot_join(nodes):
+    b = await nodes("b", extra_args=("--curve",))
+    async with node_runtime(curve=True, connect_timeout=3.0):
+        pid = nb.spawn("dist_helpers:echo", node=b.name)
+        nb.send(pid, (nb.self(), np.arange(100_000)))  # a large frame, encrypted too
+        who, arr = await nb.receive(timeout=T)
+        assert who == pid and int(arr.sum()) == sum(range(100_000))
+    async with node_runtime(connect_timeout=3.0):
+        assert not await asyncio.wait_for(nb.connect(b.name), T)
