@@ -36,6 +36,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+import _report
+from _report import rate
+
 import numbeam as nb
 
 perf_counter = time.perf_counter
@@ -430,14 +433,6 @@ class Row:
     result: str
 
 
-def _rate(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M/s"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f}k/s"
-    return f"{x:.0f}/s"
-
-
 def _runs(
     repeats: int,
     baseline: Callable[[], float],
@@ -471,9 +466,9 @@ def rate_row(
     ok = target is None or ratio >= target
     return Row(
         name,
-        _rate(work / t_nb),
-        f"{_rate(work / t_nb_aio)} ({ratio_aio:.2f}x)",
-        _rate(work / t_base),
+        rate(work / t_nb),
+        f"{rate(work / t_nb_aio)} ({ratio_aio:.2f}x)",
+        rate(work / t_base),
         f"{ratio:.2f}x",
         "-" if target is None else f">= {target:g}x",
         ("PASS" if ok else "FAIL") if target is not None else "info",
@@ -555,30 +550,18 @@ def run_all(sizes: Sizes, only: set[str]) -> list[Row]:
 
 
 def print_table(rows: list[Row]) -> None:
-    header = Row(
-        "benchmark",
-        "numbeam (nb.run)",
-        "numbeam, asyncio loop",
-        "asyncio baseline",
-        "ratio",
-        "target",
-        "result",
+    _report.print_table(
+        (
+            "benchmark",
+            "numbeam (nb.run)",
+            "numbeam, asyncio loop",
+            "asyncio baseline",
+            "ratio",
+            "target",
+            "result",
+        ),
+        [dataclasses.astuple(r) for r in rows],
     )
-    cols = list(
-        zip(
-            *[
-                (r.name, r.numbeam, r.numbeam_asyncio, r.baseline, r.ratio, r.target)
-                for r in [header, *rows]
-            ],
-            strict=True,
-        )
-    )
-    widths = [max(len(c) for c in col) for col in cols]
-    for i, r in enumerate([header, *rows]):
-        cells = (r.name, r.numbeam, r.numbeam_asyncio, r.baseline, r.ratio, r.target)
-        print("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)) + "  " + r.result)
-        if i == 0:
-            print("-" * (sum(widths) + 2 * len(widths) + 6))
 
 
 def loop_names() -> tuple[str, str]:

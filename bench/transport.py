@@ -46,9 +46,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import _report
 import msgpack
 import numpy as np
 import zmq
+from _report import rate
 
 import numbeam as nb
 
@@ -560,14 +562,6 @@ class Row:
     result: str
 
 
-def _rate(x: float) -> str:
-    if x >= 1e6:
-        return f"{x / 1e6:.2f}M/s"
-    if x >= 1e3:
-        return f"{x / 1e3:.1f}k/s"
-    return f"{x:.0f}/s"
-
-
 TARGETS = {"ping-pong": 0.5, "one-way": 0.5, "array": 0.7}
 BENCHMARKS = tuple(TARGETS)
 TRANSPORTS = ("tcp", "ipc")
@@ -622,7 +616,7 @@ def measure(
         nb_s, raw_s = f"{mb / best_nb:.0f} MB/s", f"{mb / best_raw:.0f} MB/s"
     else:
         n = sizes.pingpong if bench == "ping-pong" else sizes.oneway
-        nb_s, raw_s = _rate(n / best_nb), _rate(n / best_raw)
+        nb_s, raw_s = rate(n / best_nb), rate(n / best_raw)
     target = TARGETS[bench]
     ratio = best_raw / best_nb
     return Row(
@@ -670,14 +664,10 @@ def run_all(
 
 
 def print_table(rows: list[Row]) -> None:
-    header = Row("benchmark", "numbeam", "raw pyzmq", "ratio", "target", "result")
-    cells = [(r.name, r.numbeam, r.raw, r.ratio, r.target) for r in [header, *rows]]
-    widths = [max(len(c) for c in col) for col in zip(*cells, strict=True)]
-    for i, (r, row_cells) in enumerate(zip([header, *rows], cells, strict=True)):
-        line = "  ".join(c.ljust(w) for c, w in zip(row_cells, widths, strict=True))
-        print(f"{line}  {r.result}")
-        if i == 0:
-            print("-" * (sum(widths) + 2 * len(widths) + 6))
+    _report.print_table(
+        ("benchmark", "numbeam", "raw pyzmq", "ratio", "target", "result"),
+        [dataclasses.astuple(r) for r in rows],
+    )
 
 
 def profile(sizes: Sizes, where: str, transport: str, bench: str, top: int = 30) -> None:
