@@ -22,7 +22,17 @@ import logging
 from typing import Any, Final, TypeVar
 
 from . import _runtime as rt_mod
-from ._runtime import _check_timeout, _current, _me, _rt, demonitor, monitor, receive, send
+from ._runtime import (
+    _check_timeout,
+    _current,
+    _me,
+    _remote,
+    _rt,
+    demonitor,
+    monitor,
+    receive,
+    send,
+)
 from ._types import CallError, Down, Exit, NoProc, Pid, Ref, StartError, Stop
 
 __all__ = ["NOREPLY", "GenServer", "call", "cast", "reply", "stop"]
@@ -200,26 +210,19 @@ def reply(caller: Caller, value: Any) -> None:
             f"nb.reply() takes the caller handle_call was given, got {caller!r}"
         ) from None
     rt = _rt()
-    if type(pid) is Pid and rt.dist is not None and pid.node != rt.node:
-        rt.dist.reply(pid, ref, value)  # delivered there only while the caller still waits
+    if type(pid) is Pid and _remote(rt, pid):
+        # Delivered there only while the caller still waits.
+        rt.dist.reply(pid, ref, value)  # type: ignore[union-attr]
         return
     proc = rt._lookup(pid)
     if proc is not None and proc.aliases and ref in proc.aliases:
         rt._deliver(proc, (ref, value))
 
 
-def _is_remote(rt: Any, dest: Any) -> bool:
-    if rt.dist is None:
-        return False
-    if type(dest) is Pid:
-        return bool(dest.node != rt.node)
-    return type(dest) is tuple and len(dest) == 2 and type(dest[1]) is str and dest[1] != rt.node
-
-
 def _resolve_alive(dest: Any, what: str) -> Any:
     """The caller and the target: a local process record, or the remote destination itself."""
     me = _me(what)
-    if _is_remote(me.rt, dest):
+    if _remote(me.rt, dest):
         return me, dest
     proc = me.rt._resolve(dest)
     if proc is None:

@@ -703,9 +703,14 @@ def _remote_spawn(
     return rt.dist.spawn(fn, args, node, name, link_to, monitor_by)
 
 
-def _remote(rt: Runtime, pid: Pid) -> bool:
-    """True if `pid` lives on another node and this runtime is distributed."""
-    return pid.node != rt.node and rt.dist is not None
+def _remote(rt: Runtime, dest: Any) -> bool:
+    """True if `dest` (a Pid, or a ``(name, node)`` pair) is on another node and this runtime
+    is distributed."""
+    if rt.dist is None:
+        return False
+    if type(dest) is Pid:
+        return dest.node != rt.node
+    return type(dest) is tuple and len(dest) == 2 and type(dest[1]) is str and dest[1] != rt.node
 
 
 def send(dest: Dest, msg: Any) -> None:

@@ -322,7 +322,7 @@ class Distribution:
         self._peer(name)  # connect if we are not already; a failure delivers NodeDown
 
     def send(self, dest: Pid, msg: Any) -> None:
-        peer = self._peer(dest.node)
+        peer = self.peers.get(dest.node) or self._peer(dest.node)  # the hot path: one lookup
         if peer is not None:
             self._enqueue(peer, [OP_SEND, dest.id, dest.creation, msg])
 
@@ -613,7 +613,7 @@ class Distribution:
             if type(n) is str and n != self.name and n not in self.peers:
                 try:
                     self._peer(parse_node_name(n).name)
-                except (ValueError, RuntimeError):
+                except ValueError:
                     log.warning("node %s: ignored a bad node name %r", self.name, n)
 
     def _on_monitor(self, peer: Peer) -> None:
@@ -740,8 +740,9 @@ class Distribution:
             self._enqueue(peer, item)
 
     def _mark_dirty(self, peer: Peer) -> None:
-        peer.dirty = True
-        self._dirty.append(peer)
+        if not peer.dirty:
+            peer.dirty = True
+            self._dirty.append(peer)
         # A pending drain of the run queue flushes when it ends; otherwise flush from the loop.
         if not self._flush_scheduled and not self.rt._drain_scheduled:
             self._flush_scheduled = True
