@@ -46,6 +46,13 @@ class NodeOptions:
         connect_timeout: seconds a connection may take to finish its handshake.
         max_message_size: the largest frame a node accepts, in bytes; a peer that sends a
             bigger one is disconnected (env ``NUMBEAM_MAX_MESSAGE_SIZE``).
+        tensor_threshold: tensors of more bytes than this live in shared memory; smaller ones
+            are copied with each message (env ``NUMBEAM_TENSOR_THRESHOLD``; BEAM's 64).
+        tensor_budget: the most bytes of shared memory this node may hold for its tensors;
+            past it, making a tensor raises MemoryError (env ``NUMBEAM_TENSOR_BUDGET``;
+            None: no limit but the size of ``/dev/shm``).
+        tensor_handles: send tensors to nodes on this host as handles to shared memory;
+            False sends their bytes, as to another host (env ``NUMBEAM_TENSOR_HANDLES``).
     """
 
     uvloop: bool = True
@@ -60,6 +67,9 @@ class NodeOptions:
     heartbeat_timeout: float = 5.0
     connect_timeout: float = 5.0
     max_message_size: int = 1 << 31
+    tensor_threshold: int = 64
+    tensor_budget: int | None = None
+    tensor_handles: bool = True
 
     def __post_init__(self) -> None:
         for name in ("node", "cookie", "cookie_file", "listen"):
@@ -80,6 +90,14 @@ class NodeOptions:
         mms = self.max_message_size
         if not isinstance(mms, int) or isinstance(mms, bool) or mms < 1024:
             raise ValueError(f"max_message_size must be an int >= 1024 bytes, got {mms!r}")
+        tt = self.tensor_threshold
+        if not isinstance(tt, int) or isinstance(tt, bool) or tt < 0:
+            raise ValueError(f"tensor_threshold must be an int >= 0, got {tt!r}")
+        tb = self.tensor_budget
+        if tb is not None and (not isinstance(tb, int) or isinstance(tb, bool) or tb <= 0):
+            raise ValueError(f"tensor_budget must be a number of bytes > 0 or None, got {tb!r}")
+        if not isinstance(self.tensor_handles, bool):
+            raise TypeError(f"tensor_handles must be a bool, got {self.tensor_handles!r}")
         if not isinstance(self.uvloop, bool):
             raise TypeError(f"uvloop must be a bool, got {self.uvloop!r}")
         if (
@@ -121,6 +139,8 @@ class NodeOptions:
                     values[name] = _env_bool(env)
                 elif f.type == "int":
                     values[name] = int(env)
+                elif f.type == "int | None":
+                    values[name] = None if env.strip().lower() in ("", "none") else int(env)
                 elif f.type == "float":
                     values[name] = float(env)
                 else:

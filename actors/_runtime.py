@@ -290,6 +290,12 @@ class Runtime:
         if task is None:
             raise RuntimeError("nb.Runtime must be entered from an asyncio task")
         self._loop = asyncio.get_running_loop()
+        from numbeam.tensors import _memory
+
+        # Tensor memory belongs to the OS process, which is this node's alone.
+        _memory.configure(
+            threshold=self.options.tensor_threshold, budget=self.options.tensor_budget
+        )
         if self.options.node is not None:
             from numbeam.transport._node import Distribution
 

@@ -14,6 +14,7 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
+from numbeam import tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -63,6 +64,7 @@ from numbeam.actors import (
     whereis,
 )
 from numbeam.supervision import Child, DynamicSupervisor, Supervisor
+from numbeam.tensors import Tensor, tensor
 from numbeam.transport import (
     connect,
     disconnect,
@@ -99,6 +101,7 @@ __all__ = [
     "Stop",
     "Supervisor",
     "Task",
+    "Tensor",
     "TimerRef",
     "call",
     "cancel_timer",
@@ -134,6 +137,8 @@ __all__ = [
     "spawn_link",
     "spawn_monitor",
     "stop",
+    "tensor",
+    "tensors",
     "trap_exit",
     "unlink",
     "unregister",

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import inspect
 import itertools
@@ -48,6 +49,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import zmq
 from numbeam.actors._types import Down, NodeDown, Pid, Ref, RemoteError
+from numbeam.tensors._share import FdChannel, same_host
 from zmq.utils.monitor import parse_monitor_message
 
 from ._cookie import curve_keypair, new_nonce, resolve_cookie, sign, verify
@@ -126,6 +128,7 @@ class Peer:
         "bye_waiter",
         "creation",
         "dirty",
+        "fd_address",
         "handshake_out",
         "mon",
         "name",
@@ -156,12 +159,14 @@ class Peer:
         self.waiters: list[asyncio.Future[bool]] = []
         self.timer: asyncio.TimerHandle | None = None
         self.bye_waiter: asyncio.Future[None] | None = None
+        # The peer's descriptor socket, when it is on this host: tensors go as handles.
+        self.fd_address: bytes | None = None
 
 
 class _Incoming:
     """A connection some node opened to our ROUTER (its identity, once authenticated)."""
 
-    __slots__ = ("authed", "creation", "name", "nonce", "slot")
+    __slots__ = ("authed", "claim", "creation", "fd_address", "name", "nonce", "slot")
 
     def __init__(self, name: str, creation: int, slot: int, nonce: bytes) -> None:
         self.name = name
@@ -169,6 +174,10 @@ class _Incoming:
         self.slot = slot
         self.nonce = nonce
         self.authed = False
+        # When the node is on this host: where its descriptors come from, and how its
+        # messages' tensor handles find their segments.
+        self.fd_address: bytes | None = None
+        self.claim: Callable[[int], Any] | None = None
 
 
 class Distribution:
@@ -195,6 +204,9 @@ class Distribution:
         self.node_down_hooks: list[Callable[[str], None]] = []
         self.encoder = Encoder()
         self.decoder = Decoder(self._intern_pid)
+        # Tensors cross to nodes on this host as handles to shared memory, unless disabled.
+        self.fdchan: FdChannel | None = FdChannel() if opts.tensor_handles else None
+        self.host: list[Any] | None = self.fdchan.info() if self.fdchan is not None else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.router: zmq.Socket[Any] = None  # type: ignore[assignment]
         self.router_mon: zmq.Socket[Any] | None = None
@@ -234,6 +246,8 @@ class Distribution:
         self.rt._after_drain = self._after_drain
         self.loop.add_reader(r.FD, self._on_router)
         self.loop.add_reader(self.router_mon.FD, self._on_router_monitor)
+        if self.fdchan is not None:
+            self.loop.add_reader(self.fdchan.fileno(), self.fdchan.drain)
         # ZMQ_FD is edge-triggered: it only fires again once a socket has been drained, so
         # drain each one right after registering it.
         self._on_router_monitor()
@@ -280,6 +294,9 @@ class Distribution:
         if self.addr.transport == "ipc":
             with contextlib.suppress(OSError):  # ZeroMQ leaves the socket file behind
                 os.unlink(self.addr.path)
+        if self.fdchan is not None:
+            self.loop.remove_reader(self.fdchan.fileno())
+            self.fdchan.close()
 
     # -- public operations -----------------------------------------------------------------
 
@@ -572,8 +589,13 @@ class Distribution:
                 self._node_down(peer, "noconnection")
                 return
             peer.creation = creation
-            self._handshake_send(peer, [b"auth", sign(self.cookie, b"client", nonce_s, self.name)])
-        elif kind == "welcome" and len(msg) == 2:
+            proof = sign(self.cookie, b"client", nonce_s, self.name)
+            self._handshake_send(peer, [b"auth", proof, self.host])
+        elif kind == "welcome" and len(msg) in (2, 3):
+            if len(msg) == 3 and self.host is not None:
+                found = same_host(self.host, msg[2])
+                if found is not None:
+                    peer.fd_address = found[1]
             self._node_up(peer, msg[1])
         elif kind == "denied":
             log.error(
@@ -676,6 +698,8 @@ class Distribution:
 
     def _forget_incoming(self, ident: bytes, inc: _Incoming) -> None:
         del self.incoming[ident]
+        if inc.fd_address is not None and self.fdchan is not None:
+            self.fdchan.forget(inc.fd_address)
         if self.slots.get(inc.slot) == inc.name:
             del self.slots[inc.slot]
             self.slot_seen.pop(inc.slot, None)
@@ -711,10 +735,24 @@ class Distribution:
     def _enqueue(self, peer: Peer, item: list[Any]) -> None:
         batch = peer.batch
         n = len(batch.frames)
+        enc = self.encoder
+        address = peer.fd_address
+        seq = enc.handle_seq = None if address is None else self.fdchan.seq + 1  # type: ignore[union-attr]
         try:
-            data = self.encoder.encode(item, batch.frames)
+            data = enc.encode(item, batch.frames)
+            if seq is not None and enc.fds_seq == seq:
+                enc.fds_seq = None
+                try:
+                    self.fdchan.send(address, enc.fds)  # type: ignore[union-attr,arg-type]
+                except OSError as e:
+                    # The descriptors cannot go now: send the tensors' bytes instead.
+                    log.info("node %s: tensors to %s go as bytes: %s", self.name, peer.name, e)
+                    del batch.frames[n:]
+                    enc.handle_seq = None
+                    data = enc.encode(item, batch.frames)
         except BaseException:
             del batch.frames[n:]
+            enc.fds_seq = None
             raise
         batch.parts.append(data)
         batch.size += len(data)
@@ -860,8 +898,8 @@ class Distribution:
                 ):
                     raise ValueError("bad hello")
                 self._hello(ident, addr.name, creation, nonce_c, slot)
-            elif kind == b"auth" and inc is not None and len(msg) == 2:
-                self._auth(ident, inc, msg[1])
+            elif kind == b"auth" and inc is not None and len(msg) in (2, 3):
+                self._auth(ident, inc, msg[1], msg[2] if len(msg) == 3 else None)
             else:
                 raise ValueError(f"unexpected handshake step {kind!r}")
         except Exception as e:
@@ -888,7 +926,7 @@ class Distribution:
         if not inc.authed and self.incoming.get(ident) is inc:
             del self.incoming[ident]
 
-    def _auth(self, ident: bytes, inc: _Incoming, proof: Any) -> None:
+    def _auth(self, ident: bytes, inc: _Incoming, proof: Any, host: Any) -> None:
         if not verify(self.cookie, b"client", inc.nonce, inc.name, proof):
             log.error("node %s: refused a connection from %r: wrong cookie", self.name, inc.name)
             del self.incoming[ident]
@@ -908,7 +946,15 @@ class Distribution:
         self.slots[inc.slot] = inc.name
         self.used_slots.add(inc.slot)
         self.slot_seen[inc.slot] = 0
-        self._router_send(ident, ["welcome", self.nodes()])
+        fdchan = self.fdchan
+        if fdchan is not None and self.host is not None:
+            found = same_host(self.host, host)
+            if found is not None:
+                pid, address = found
+                inc.fd_address = address
+                fdchan.allowed[address] = pid
+                inc.claim = functools.partial(fdchan.claim, address)
+        self._router_send(ident, ["welcome", self.nodes(), self.host])
         self._peer(inc.name)  # connect back: each direction has its own channel
 
     def _router_send(self, ident: bytes, msg: list[Any]) -> None:
@@ -919,6 +965,7 @@ class Distribution:
 
     def _on_batch(self, inc: _Incoming, body: bytes, extra: list[Any]) -> None:
         try:
+            self.decoder.claim = inc.claim
             items = self.decoder.decode(body, extra)
             if type(items) is not list:
                 raise WireError("a batch must be an array of operations")

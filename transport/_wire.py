@@ -19,11 +19,19 @@ an empty payload whose code says what the rest of the array is. The wire spec::
     12    array, inline    dtype: str, shape: [int], data: bin
     13    array, frame     dtype: str, shape: [int], frame: int
     14    numpy scalar     dtype: str, data: bin
+    15    tensor, inline   dtype: Nx name, shape: [int], data: bin
+    16    tensor, frame    dtype: Nx name, shape: [int], frame: int
+    17    tensor, handle   dtype: Nx name, shape: [int], token: int, segment: int, offset: int
 
 ``dtype`` is numpy's canonical ``dtype.str`` (``"<f8"``, ``"|b1"``, ``"<M8[ns]"``, ``"<U5"``).
 An array of ``oob_threshold`` bytes or more travels out of band: its buffer is the frame at
 index ``frame`` of the frames that follow the message, sent and received without a copy.
-Codes 0 and 15..127 are unused, and any ext but an empty tag is malformed input, except -1:
+A tensor handle names a shared-memory segment passed ahead of the message as a file
+descriptor (see `numbeam.tensors._share`): ``segment`` indexes the descriptors passed with
+``token``. Only nodes on one host exchange handles; the encoder writes them when the node sets
+`Encoder.handle_seq`, and the decoder maps them through `Decoder.claim`. Received tensors of
+the other two kinds are copied into the receiver's shared memory.
+Codes 0 and 18..127 are unused, and any ext but an empty tag is malformed input, except -1:
 msgpack decodes its own timestamp ext without asking, so a peer that sends one delivers an int
 of nanoseconds. (For the same reason ``msgpack.ExtType`` and ``msgpack.Timestamp`` values are
 packed as they are, unchecked: they are not part of any message.)
@@ -49,6 +57,10 @@ from typing import Any
 import numpy as np
 from msgpack import ExtType, Packer, Unpacker, unpackb
 from numbeam.actors._types import Down, Exit, NodeDown, Pid, Ref, RemoteError, TimerRef
+from numbeam.tensors._dtypes import DTYPES, dtype_name
+from numbeam.tensors._memory import Segment, settings
+from numbeam.tensors._share import MAX_FDS
+from numbeam.tensors._tensor import Tensor, _from_array, _make
 
 __all__ = ["Decoder", "Encoder", "WireError"]
 
@@ -73,7 +85,10 @@ _REMOTE_ERROR = 11
 _ARRAY = 12
 _ARRAY_FRAME = 13
 _NP_SCALAR = 14
-_N_CODES = 15
+_TENSOR = 15
+_TENSOR_FRAME = 16
+_TENSOR_HANDLE = 17
+_N_CODES = 18
 
 # What the encoder writes at the head of a tagged array.
 _T_TUPLE = ExtType(_TUPLE, b"")
@@ -90,6 +105,9 @@ _T_REMOTE_ERROR = ExtType(_REMOTE_ERROR, b"")
 _T_ARRAY = ExtType(_ARRAY, b"")
 _T_ARRAY_FRAME = ExtType(_ARRAY_FRAME, b"")
 _T_NP_SCALAR = ExtType(_NP_SCALAR, b"")
+_T_TENSOR = ExtType(_TENSOR, b"")
+_T_TENSOR_FRAME = ExtType(_TENSOR_FRAME, b"")
+_T_TENSOR_HANDLE = ExtType(_TENSOR_HANDLE, b"")
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
@@ -104,8 +122,8 @@ _MAX_ENCODER_CACHE = 512
 # The end of every TypeError that encode raises.
 _ONLY = (
     "only None, bool, int (64-bit), float, complex, str, bytes, list, tuple, dict, set, "
-    "frozenset, numpy arrays and scalars of numeric, bool, datetime, bytes or str dtype, Pid, "
-    "Ref, Down, Exit, NodeDown and exceptions cross nodes"
+    "frozenset, numpy arrays and scalars of numeric, bool, datetime, bytes or str dtype, "
+    "numbeam tensors, Pid, Ref, Down, Exit, NodeDown and exceptions cross nodes"
 )
 
 
@@ -239,6 +257,37 @@ def _enc_np_scalar(enc: Encoder, obj: np.generic) -> Any:
     return [_T_NP_SCALAR, dt.str, obj.tobytes()]
 
 
+def _enc_tensor(enc: Encoder, t: Tensor) -> Any:
+    mem = t._mem
+    name = dtype_name(t._dt)
+    shape = list(t._shape)
+    if mem.__class__ is bytes:
+        return [_T_TENSOR, name, shape, mem]
+    seq = enc.handle_seq
+    if seq is not None:
+        fd = mem.fd  # type: ignore[union-attr]
+        if enc.fds_seq != seq:  # the first handle of this message
+            enc.fds_seq = seq
+            enc.fds = []
+            enc._fd_at = {}
+        fds = enc.fds
+        i = enc._fd_at.get(fd)
+        if i is None and len(fds) < MAX_FDS:
+            i = enc._fd_at[fd] = len(fds)
+            fds.append(fd)
+        if i is not None:
+            chunk = t._chunk
+            if chunk is not None:
+                chunk.shipped.add(t._tok[0])  # type: ignore[index]  # read elsewhere: never reuse
+            return [_T_TENSOR_HANDLE, name, shape, seq, i, t._off]
+    if t._nbytes >= enc._oob_threshold:
+        frames = enc._frames
+        index = len(frames)
+        frames.append(t.numpy().reshape(-1).view(np.uint8))  # keeps the tensor alive
+        return [_T_TENSOR_FRAME, name, shape, index]
+    return [_T_TENSOR, name, shape, t.numpy().tobytes()]
+
+
 _EncodeFn = Callable[["Encoder", Any], Any]
 
 # Exact types the packer leaves to the hook (strict_types sends every subclass there too).
@@ -256,6 +305,7 @@ _ENCODERS: dict[type, _EncodeFn] = {
     NodeDown: _enc_node_down,
     RemoteError: _enc_remote_error,
     np.ndarray: _enc_array,
+    Tensor: _enc_tensor,
 }
 
 # For subclasses, first match wins: numpy scalars before the builtins they derive from
@@ -287,7 +337,16 @@ class Encoder:
     One Packer is reused for every message: keep one Encoder per thread (it is not reentrant).
     """
 
-    __slots__ = ("_encoders", "_frames", "_oob_threshold", "_pack")
+    __slots__ = (
+        "_encoders",
+        "_fd_at",
+        "_frames",
+        "_oob_threshold",
+        "_pack",
+        "fds",
+        "fds_seq",
+        "handle_seq",
+    )
 
     def __init__(self, oob_threshold: int = 65536) -> None:
         if type(oob_threshold) is not int or oob_threshold < 0:
@@ -295,6 +354,12 @@ class Encoder:
         self._oob_threshold = oob_threshold
         self._encoders: dict[type, _EncodeFn] = dict(_ENCODERS)
         self._frames: list[Any] = []
+        # Set by a node before encoding for a peer on its host: tensors in shared memory go
+        # as handles naming token `handle_seq`, their segments' descriptors collected in `fds`.
+        self.handle_seq: int | None = None
+        self.fds: list[int] = []
+        self.fds_seq: int | None = None  # the handle_seq that `fds` belong to
+        self._fd_at: dict[int, int] = {}
         packer = Packer(default=self._default, use_bin_type=True, strict_types=True)
         self._pack: Callable[[Any], bytes] = packer.pack
 
@@ -314,6 +379,7 @@ class Encoder:
             return self._pack(obj)
         except (TypeError, ValueError, OverflowError, BufferError, RecursionError) as exc:
             del frames[start:]
+            self.fds_seq = None
             raise _explain(obj, exc) from None
         finally:
             self._frames = _NO_FRAMES
@@ -593,6 +659,56 @@ def _build_np_scalar(dec: Decoder, lst: list[Any]) -> Any:
     return np.frombuffer(data, dt)[0]
 
 
+def _tensor_dtype(name: Any, shape: Any) -> tuple[np.dtype[Any], int]:
+    dt = DTYPES.get(name) if type(name) is str else None
+    if dt is None:
+        raise _malformed(f"unknown tensor dtype {name!r}")
+    return dt, _array_size(dt, shape)
+
+
+def _build_tensor(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, shape, data = lst
+    dt, size = _tensor_dtype(name, shape)
+    if type(data) is not bytes or len(data) != size:
+        raise _malformed("a tensor's data does not match its dtype and shape")
+    if size <= settings.threshold:
+        return _make(data, 0, tuple(shape), dt, size)
+    return _from_array(np.frombuffer(data, dt).reshape(shape), dt)
+
+
+def _build_tensor_frame(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, shape, index = lst
+    dt, size = _tensor_dtype(name, shape)
+    frames = dec._frames
+    if type(index) is not int or not 0 <= index < len(frames):
+        raise _malformed(f"a tensor refers to frame {index!r} of {len(frames)}")
+    buf = memoryview(frames[index])
+    if buf.nbytes != size:
+        raise _malformed(f"frame {index} has {buf.nbytes} bytes, its tensor needs {size}")
+    # One copy, into this node's shared memory, where the tensor lives from now on.
+    return _from_array(np.frombuffer(buf, np.uint8).view(dt).reshape(shape), dt)
+
+
+def _build_tensor_handle(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, shape, seq, index, offset = lst
+    dt, size = _tensor_dtype(name, shape)
+    segments = dec._claimed.get(seq) if type(seq) is int else None
+    if segments is None:
+        claim = dec.claim
+        segments = claim(seq) if claim is not None and type(seq) is int else None
+        if segments is None:
+            raise _malformed(f"a tensor handle's segments (token {seq!r}) did not arrive")
+        dec._claimed[seq] = segments
+    if type(index) is not int or not 0 <= index < len(segments):
+        raise _malformed(f"a tensor handle names segment {index!r} of {len(segments)}")
+    seg: Segment = segments[index]
+    if type(offset) is not int or offset < 0 or offset + size > seg.size:
+        raise _malformed(f"a tensor handle's bytes lie outside its {seg.size}-byte segment")
+    if size == 0:
+        return _make(b"", 0, tuple(shape), dt, 0)
+    return _make(seg, offset, tuple(shape), dt, size)
+
+
 _TUPLE_TAG = _Tag(_TUPLE, _build_tuple)
 _PID_TAG = _Tag(_PID, _build_pid)
 _TAGS: tuple[_Tag | None, ...] = (
@@ -611,6 +727,9 @@ _TAGS: tuple[_Tag | None, ...] = (
     _Tag(_ARRAY, _build_array),
     _Tag(_ARRAY_FRAME, _build_array_frame),
     _Tag(_NP_SCALAR, _build_np_scalar),
+    _Tag(_TENSOR, _build_tensor),
+    _Tag(_TENSOR_FRAME, _build_tensor_frame),
+    _Tag(_TENSOR_HANDLE, _build_tensor_handle),
 )
 assert len(_TAGS) == _N_CODES
 _TAG_OF = {code: tag for code, tag in enumerate(_TAGS) if tag is not None}
@@ -623,13 +742,17 @@ class Decoder:
     cached Pid objects; by default a new `Pid` is built. Not reentrant: one per thread.
     """
 
-    __slots__ = ("_dtypes", "_ext", "_frames", "_intern_pid", "_list", "_tags")
+    __slots__ = ("_claimed", "_dtypes", "_ext", "_frames", "_intern_pid", "_list", "_tags", "claim")
 
     def __init__(self, intern_pid: Callable[[str, int, int], Pid] | None = None) -> None:
         self._intern_pid: Callable[[str, int, int], Pid] = intern_pid or Pid
         self._frames: Sequence[Any] = ()
         self._tags = 0
         self._dtypes: dict[str, np.dtype[Any]] = {}
+        # Set by a node while it decodes what a peer on its host sent: claim(token) returns
+        # the segments passed ahead of the message with that token, mapped, or None.
+        self.claim: Callable[[int], list[Segment] | None] | None = None
+        self._claimed: dict[int, list[Segment]] = {}
         # Bound once: an attribute lookup per call would allocate two method objects.
         self._ext = self._ext_hook
         self._list = self._list_hook
@@ -654,6 +777,8 @@ class Decoder:
             raise WireError(f"malformed message: {type(exc).__name__}: {exc}") from exc
         finally:
             self._frames = ()
+            if self._claimed:
+                self._claimed = {}
         if self._tags:
             raise _malformed("a type tag outside the head of an array")
         return obj
@@ -693,6 +818,8 @@ class Decoder:
             raise WireError(f"malformed batch: {type(exc).__name__}: {exc}") from exc
         finally:
             self._frames = ()
+            if self._claimed:
+                self._claimed = {}
         if consumed != size:
             raise _malformed(f"the batch ends inside a message ({size - consumed} bytes left)")
         if self._tags:

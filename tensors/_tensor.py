@@ -1,0 +1,404 @@
+"""`Tensor`: an immutable n-dimensional array whose bytes live in shared memory.
+
+A tensor of more than ``tensor_threshold`` bytes (64 by default, as BEAM's refc binaries) is
+born in shared memory (see `_memory`); a smaller one keeps its bytes in a ``bytes`` object
+that is copied with the message. Within a node a tensor is passed by reference, like any
+message; to a node on the same host it crosses as a handle to its segment; to another host
+its bytes travel as zero-copy frames (see `numbeam.transport._wire`).
+
+The bytes are freed when the last handle goes: here, when the `Tensor` object and every numpy
+view of it are gone (each view keeps the tensor alive through its ``base``); across processes,
+when the kernel drops the last mapping of the segment.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ._dtypes import DTYPES, dtype_name, resolve_dtype
+from ._format import format_tensor
+from ._memory import (
+    _BY_BITS,
+    ARENA_MAX,
+    Chunk,
+    Segment,
+    alloc_block,
+    alloc_segment,
+    class_of,
+    settings,
+)
+
+__all__ = ["Builder", "Tensor", "build", "from_dlpack", "tensor"]
+
+_U8 = np.dtype(np.uint8)
+_BF16 = DTYPES["bf16"]
+# Defaults for Python values, as Nx: integers s64, floats f32, complex c64.
+_PY_DEFAULTS = {"i": "s64", "u": "s64", "f": "f32", "c": "c64", "b": "u8"}
+_DEVICE = "cpu"
+
+
+class _Export:
+    """What numpy wraps to view a tensor's bytes: its ``base``, which keeps the tensor alive."""
+
+    __slots__ = ("__array_interface__", "tensor")
+
+    def __init__(self, t: Tensor, interface: dict[str, Any]) -> None:
+        self.tensor = t
+        self.__array_interface__ = interface
+
+
+class Tensor:
+    """An immutable tensor. Build one with `numbeam.tensor`; never call this class.
+
+    ``shape`` (a tuple), ``dtype`` (an Nx name such as ``"f32"``), ``device``, ``nbytes``,
+    ``numpy()`` (a read-only view, no copy), DLPack export, and ``to(device)``.
+    """
+
+    __slots__ = ("__weakref__", "_chunk", "_dt", "_mem", "_nbytes", "_off", "_shape", "_tok")
+
+    _chunk: Chunk | None  # the arena chunk this tensor's block belongs to, if it owns one
+    _tok: tuple[int] | None  # the block's token: holding it keeps the block in use
+    _mem: Segment | bytes  # where the bytes are: a mapped segment, or inline bytes
+    _off: int  # offset of the first byte in _mem
+    _nbytes: int
+    _shape: tuple[int, ...]
+    _dt: np.dtype[Any]
+
+    def __init__(self) -> None:
+        raise TypeError("build tensors with numbeam.tensor(...) or numbeam.tensors.build(...)")
+
+    # -- attributes ----------------------------------------------------------------------------
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
+
+    @property
+    def dtype(self) -> str:
+        """The Nx dtype name: ``u8 u16 u32 u64 s8 s16 s32 s64 f16 bf16 f32 f64 c64 c128``."""
+        return dtype_name(self._dt)  # type: ignore[return-value]
+
+    @property
+    def device(self) -> str:
+        return _DEVICE
+
+    @property
+    def nbytes(self) -> int:
+        return self._nbytes
+
+    @property
+    def ndim(self) -> int:
+        return len(self._shape)
+
+    @property
+    def size(self) -> int:
+        """The number of elements."""
+        return self._nbytes // self._dt.itemsize
+
+    def __len__(self) -> int:
+        if not self._shape:
+            raise TypeError("len() of a scalar tensor")
+        return self._shape[0]
+
+    @property
+    def shared(self) -> bool:
+        """Whether the bytes are in shared memory (False: small, kept inline)."""
+        return self._mem.__class__ is not bytes
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def numpy(self) -> np.ndarray:
+        """A read-only numpy view of the bytes (no copy); it keeps the tensor alive."""
+        mem = self._mem
+        if mem.__class__ is bytes:
+            return np.frombuffer(mem, self._dt).reshape(self._shape)  # type: ignore[arg-type]
+        return _view(self, True)
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        a = self.numpy()
+        if dtype is not None and np.dtype(dtype) != a.dtype:
+            if copy is False:
+                raise ValueError(f"a {self.dtype} tensor cannot become {dtype} without a copy")
+            return a.astype(dtype)
+        return a.copy() if copy else a
+
+    def tolist(self) -> Any:
+        return self.numpy().tolist()
+
+    def item(self) -> Any:
+        return self.numpy().item()
+
+    def __dlpack__(
+        self,
+        *,
+        stream: Any = None,
+        max_version: tuple[int, int] | None = None,
+        dl_device: Any = None,
+        copy: bool | None = None,
+    ) -> Any:
+        """Export as DLPack (read-only: consumers must speak DLPack 1.0, as numpy 2 does)."""
+        a = self.numpy()
+        if max_version is None:
+            # The old protocol cannot say "read-only", so numpy refuses; say what to do.
+            raise BufferError(
+                "a numbeam tensor is read-only and DLPack before 1.0 cannot mark it so; use a "
+                "consumer that passes max_version=(1, 0) or later (numpy >= 2.1), or .numpy()"
+            )
+        return a.__dlpack__(stream=stream, max_version=max_version, dl_device=dl_device, copy=copy)
+
+    def __dlpack_device__(self) -> tuple[int, int]:
+        return (1, 0)  # kDLCPU, device 0
+
+    def to(self, device: str) -> Tensor:
+        """This tensor on ``device``; only ``"cpu"`` exists until devices arrive."""
+        if device == _DEVICE:
+            return self
+        if not isinstance(device, str):
+            raise TypeError(f"device must be a str such as 'cpu', got {device!r}")
+        raise ValueError(f"unknown device {device!r}; tensors live on 'cpu'")
+
+    def __repr__(self) -> str:
+        return format_tensor(self.dtype, self._shape, self.numpy(), device=_DEVICE)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("numbeam tensors are not pickled; send them to a process instead")
+
+
+def _view(t: Tensor, readonly: bool) -> np.ndarray:
+    """A numpy array over a shared tensor's bytes whose ``base`` keeps ``t`` alive."""
+    dt = t._dt
+    addr = t._mem.addr + t._off  # type: ignore[union-attr]
+    face: dict[str, Any]
+    if dt is _BF16:  # numpy's array interface cannot name a bfloat16
+        face = {
+            "data": (addr, readonly),
+            "shape": (t._nbytes // 2,),
+            "typestr": "<u2",
+            "version": 3,
+        }
+        return np.asarray(_Export(t, face)).view(_BF16).reshape(t._shape)
+    face = {"data": (addr, readonly), "shape": t._shape, "typestr": dt.str, "version": 3}
+    return np.asarray(_Export(t, face))
+
+
+_new = object.__new__
+
+
+def _make(
+    mem: Segment | bytes,
+    off: int,
+    shape: tuple[int, ...],
+    dt: np.dtype[Any],
+    nbytes: int,
+    chunk: Chunk | None = None,
+    tok: tuple[int] | None = None,
+) -> Tensor:
+    t = _new(Tensor)
+    t._mem = mem
+    t._off = off
+    t._shape = shape
+    t._dt = dt
+    t._nbytes = nbytes
+    t._chunk = chunk
+    t._tok = tok
+    return t
+
+
+_shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
+
+
+def _intern_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+    if len(_shapes) >= 4096:
+        _shapes.clear()
+    _shapes[shape] = shape
+    return shape
+
+
+def _from_array(src: np.ndarray, dt: np.dtype[Any]) -> Tensor:
+    """A new tensor holding a copy of ``src`` (already of dtype ``dt``, native order)."""
+    nbytes = src.nbytes
+    if nbytes > ARENA_MAX:
+        seg = alloc_segment(nbytes)
+        np.frombuffer(seg.mm, dt, nbytes // dt.itemsize).reshape(src.shape)[...] = src
+        return _make(seg, 0, src.shape, dt, nbytes)
+    if nbytes <= settings.threshold:
+        return _make(src.tobytes(), 0, src.shape, dt, nbytes)
+    # The hot path of small tensors, inlined: a block from the arena, one slice assignment.
+    cls = _BY_BITS[(nbytes - 1).bit_length()]
+    chunk = cls.current
+    try:
+        tok = chunk.free.pop()  # type: ignore[union-attr]
+    except (IndexError, AttributeError):
+        chunk, tok = alloc_block(cls)
+    assert chunk is not None
+    idx = tok[0]
+    slab = chunk.slabs.get(dt.type)
+    if slab is None:
+        slab = chunk.slab(dt)
+    if nbytes == cls.bsize and src.ndim == 1:
+        slab[idx] = src
+    else:
+        slab[idx, : nbytes // dt.itemsize] = src.reshape(-1)
+    # (If the copy raised, the token is dropped with this frame: the block is free again.)
+    t = _new(Tensor)
+    t._mem = chunk.seg
+    t._off = idx * cls.bsize
+    shape = src.shape
+    # One shape tuple for all tensors of a shape: a tuple less per tensor for the GC to track.
+    t._shape = _shapes.get(shape) or _intern_shape(shape)
+    t._dt = dt
+    t._nbytes = nbytes
+    t._chunk = chunk
+    t._tok = tok
+    return t
+
+
+def tensor(data: Any, dtype: Any = None) -> Tensor:
+    """A new immutable tensor from a numpy array, a (nested) list or tuple, or a scalar.
+
+    ``dtype`` is an Nx name (``"f32"``) or a numpy dtype; without it a numpy array keeps its
+    dtype, Python ints become ``s64``, floats ``f32`` and complex numbers ``c64`` (as in Nx),
+    and bools ``u8``. A tensor is returned as it is, or converted if ``dtype`` differs.
+    """
+    if data.__class__ is np.ndarray:
+        if dtype is None:
+            dt = data.dtype
+            if dt.type in _FAST_TYPES and dt.isnative:
+                return _from_array(data, dt)  # slice assignment copes with any layout
+            _, dt = resolve_dtype(dt)
+        else:
+            _, dt = resolve_dtype(dtype)
+        return _from_array(_convert(data, dt), dt)
+    if isinstance(data, Tensor):
+        if dtype is None or resolve_dtype(dtype)[1] == data._dt:
+            return data
+        return tensor(data.numpy(), dtype)
+    if isinstance(data, np.ndarray):  # a subclass: keep only the data
+        return tensor(np.asarray(data).view(np.ndarray), dtype)
+    return _from_python(data, dtype)
+
+
+_FAST_TYPES = frozenset(dt.type for dt in DTYPES.values())
+
+
+def _convert(a: np.ndarray, dt: np.dtype[Any]) -> np.ndarray:
+    if a.dtype.kind in "OSUVMm" and not (a.dtype == dt):
+        raise TypeError(f"cannot make a tensor from a numpy array of dtype {a.dtype}")
+    if a.dtype.kind == "c" and dt.kind != "c":
+        raise TypeError(f"cannot make a {dtype_name(dt)} tensor from complex values")
+    return np.asarray(a, dt, order="C")
+
+
+def _from_python(data: Any, dtype: Any) -> Tensor:
+    if isinstance(data, (str, bytes, bytearray, dict, set, frozenset)) or data is None:
+        raise TypeError(f"cannot make a tensor from a {type(data).__name__}")
+    try:
+        a = np.asarray(data)
+    except ValueError as e:
+        raise ValueError(f"cannot make a tensor from a ragged nested sequence: {e}") from None
+    if a.dtype.kind not in "biufc":
+        raise TypeError(
+            f"cannot make a tensor from {type(data).__name__} of numpy dtype {a.dtype} "
+            "(tensors hold numbers only)"
+        )
+    if dtype is None:
+        if isinstance(data, np.generic):
+            _, dt = resolve_dtype(a.dtype)
+        else:
+            dt = DTYPES[_PY_DEFAULTS[a.dtype.kind]]
+    else:
+        _, dt = resolve_dtype(dtype)
+    return _from_array(_convert(a, dt), dt)
+
+
+def from_dlpack(x: Any) -> Tensor:
+    """A tensor from any DLPack producer on the CPU (its bytes are copied into shared memory;
+    a numbeam tensor is returned as it is)."""
+    if isinstance(x, Tensor):
+        return x
+    if not hasattr(x, "__dlpack__"):
+        raise TypeError(f"{type(x).__name__} does not support DLPack (no __dlpack__)")
+    return tensor(np.from_dlpack(x))
+
+
+# ----------------------------------------------------------------------------- building in place
+
+
+class Builder:
+    """Fresh shared memory to write a tensor into, without an extra copy.
+
+    ``array`` hands out a writable numpy array once; ``freeze()`` makes that array read-only
+    and returns the tensor. Views taken from the array before freezing stay writable: do not
+    keep them. ::
+
+        b = nb.tensors.Builder((1024, 1024), "f32")
+        np.matmul(x, y, out=b.array)
+        t = b.freeze()
+    """
+
+    __slots__ = ("_array", "_given", "_inline", "_tensor")
+
+    def __init__(self, shape: int | tuple[int, ...] | list[int], dtype: Any = "f32") -> None:
+        if isinstance(shape, (int, np.integer)):
+            shape = (int(shape),)
+        try:
+            shape = tuple(int(n) for n in shape)
+        except TypeError:
+            raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
+        if any(n < 0 for n in shape):
+            raise ValueError(f"shape must not have negative sizes, got {shape!r}")
+        _, dt = resolve_dtype(dtype)
+        nbytes = dt.itemsize
+        for n in shape:
+            nbytes *= n
+        self._given = False
+        self._inline: bytearray | None = None
+        self._tensor: Tensor | None = None
+        if nbytes <= settings.threshold:
+            self._inline = bytearray(nbytes)
+            arr = np.frombuffer(self._inline, dt) if nbytes else np.empty(0, dt)
+            self._array: np.ndarray | None = arr.reshape(shape)
+            self._tensor = _make(b"", 0, shape, dt, nbytes)
+            return
+        if nbytes <= ARENA_MAX:
+            chunk, tok = alloc_block(class_of(nbytes))
+            t = _make(chunk.seg, tok[0] * chunk.bsize, shape, dt, nbytes, chunk, tok)
+        else:
+            t = _make(alloc_segment(nbytes), 0, shape, dt, nbytes)
+        # The array's base holds the tensor: its block lives as long as the array does.
+        self._array = _view(t, False)
+        self._tensor = t
+
+    @property
+    def array(self) -> np.ndarray:
+        """The writable array to fill; handed out once."""
+        if self._array is None:
+            raise RuntimeError("this builder is frozen")
+        if self._given:
+            raise RuntimeError("the builder's array was handed out already")
+        self._given = True
+        return self._array
+
+    def freeze(self) -> Tensor:
+        """The tensor; the array handed out becomes read-only."""
+        arr, t = self._array, self._tensor
+        if arr is None or t is None:
+            raise RuntimeError("this builder is frozen already")
+        self._array = self._tensor = None
+        arr.flags.writeable = False
+        if self._inline is not None:
+            t._mem = bytes(self._inline)
+        return t
+
+
+def build(
+    shape: int | tuple[int, ...] | list[int], dtype: Any, fill: Callable[[np.ndarray], Any]
+) -> Tensor:
+    """A tensor written in place by ``fill(out)``, e.g. ``build((n, n), "f32", lambda out:
+    np.matmul(x, y, out=out))``."""
+    b = Builder(shape, dtype)
+    fill(b.array)
+    return b.freeze()
