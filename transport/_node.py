@@ -139,6 +139,8 @@ class Peer:
         "sock",
         "state",
         "timer",
+        "unsent",
+        "unsent_shared",
         "waiters",
     )
 
@@ -161,6 +163,11 @@ class Peer:
         self.bye_waiter: asyncio.Future[None] | None = None
         # The peer's descriptor socket, when it is on this host: tensors go as handles.
         self.fd_address: bytes | None = None
+        # What was sent before the handshake (None once up), and whether a tensor in shared
+        # memory went as bytes in it: if the peer is on this host, it is encoded again, with
+        # handles (see Distribution._reencode).
+        self.unsent: list[list[Any]] | None = []
+        self.unsent_shared = False
 
 
 class _Incoming:
@@ -612,6 +619,7 @@ class Distribution:
             peer.timer.cancel()
             peer.timer = None
         log.info("node %s: connected to %s", self.name, peer.name)
+        self._reencode(peer)
         for fut in peer.waiters:
             if not fut.done():
                 fut.set_result(True)
@@ -629,6 +637,16 @@ class Distribution:
                 hook(peer.name)
             except Exception:
                 log.exception("node %s: a node-up hook failed", self.name)
+
+    def _reencode(self, peer: Peer) -> None:
+        """Encode what was queued before the handshake again, with tensor handles, if the peer
+        is on this host and some of it had tensors in shared memory."""
+        items, peer.unsent = peer.unsent, None
+        if items and peer.unsent_shared and peer.fd_address is not None:
+            peer.batch = _Batch()
+            peer.sealed.clear()
+            for item in items:
+                self._enqueue(peer, item)
 
     def _meet(self, names: list[Any]) -> None:
         for n in names:
@@ -738,8 +756,15 @@ class Distribution:
         enc = self.encoder
         address = peer.fd_address
         seq = enc.handle_seq = None if address is None else self.fdchan.seq + 1  # type: ignore[union-attr]
+        unsent = peer.unsent if self.fdchan is not None else None
+        if unsent is not None:
+            enc.shared_bytes = False
         try:
             data = enc.encode(item, batch.frames)
+            if unsent is not None:
+                unsent.append(item)
+                if enc.shared_bytes:
+                    peer.unsent_shared = True
             if seq is not None and enc.fds_seq == seq:
                 enc.fds_seq = None
                 try:

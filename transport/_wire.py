@@ -280,6 +280,7 @@ def _enc_tensor(enc: Encoder, t: Tensor) -> Any:
             if chunk is not None:
                 chunk.shipped.add(t._tok[0])  # type: ignore[index]  # read elsewhere: never reuse
             return [_T_TENSOR_HANDLE, name, shape, seq, i, t._off]
+    enc.shared_bytes = True  # a handle would have spared these bytes
     if t._nbytes >= enc._oob_threshold:
         frames = enc._frames
         index = len(frames)
@@ -346,6 +347,7 @@ class Encoder:
         "fds",
         "fds_seq",
         "handle_seq",
+        "shared_bytes",
     )
 
     def __init__(self, oob_threshold: int = 65536) -> None:
@@ -359,6 +361,8 @@ class Encoder:
         self.handle_seq: int | None = None
         self.fds: list[int] = []
         self.fds_seq: int | None = None  # the handle_seq that `fds` belong to
+        # Set when a tensor in shared memory went as bytes, for want of `handle_seq`.
+        self.shared_bytes = False
         self._fd_at: dict[int, int] = {}
         packer = Packer(default=self._default, use_bin_type=True, strict_types=True)
         self._pack: Callable[[Any], bytes] = packer.pack
