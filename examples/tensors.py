@@ -49,7 +49,7 @@ async def main(worker: str) -> None:
     _, means, perms, inode, mapped = await nb.receive(
         lambda m: type(m) is tuple and m[0] == "means", timeout=TIMEOUT
     )
-    my_perms, my_inode = tensors_worker.mapping_of(matrix)
+    _, my_inode = tensors_worker.mapping_of(matrix)
     print(
         f"other node: mapped {mapped >> 20} MiB, the same pages as ours "
         f"(inode {inode} == {my_inode}: {inode == my_inode}), read-only ({perms})"
