@@ -1,8 +1,8 @@
 """Passing shared-memory segments to other nodes on the same host, as file descriptors.
 
 A node sends a tensor to a node on its host as a *handle*: the message carries (dtype, shape,
-offset) and a token, and the segment's file descriptor goes ahead of it over a Unix datagram
-socket (``SCM_RIGHTS``) bound in the abstract namespace, so no file is ever created. The
+offset) and a token, and the segment's file descriptor goes ahead of its batch over a Unix
+datagram socket (``SCM_RIGHTS``) bound in the abstract namespace, so no file is ever created. The
 kernel keeps a descriptor in flight alive even if its sender dies right after sending, and
 closes it if the receiver dies first: the sender's death cannot free a tensor a live receiver
 is about to read, and nothing leaks either way. The receiver maps each segment read-only as
@@ -10,7 +10,8 @@ the descriptors arrive.
 
 Only authenticated peers may pass descriptors: the socket asks the kernel for each sender's
 credentials (``SO_PASSCRED``), and datagrams from a process that is not a connected node of
-this host, of this user, are dropped (their descriptors closed) and logged.
+this host (by pid, learnt at the handshake), of this user, are dropped (their descriptors
+closed) and logged.
 
 Same-host detection happens at the node handshake: both sides tell each other `host_info`
 (boot id, network namespace, user, pid, socket address); equal boot ids, namespaces and users
@@ -22,6 +23,7 @@ from __future__ import annotations
 import array
 import logging
 import os
+import resource
 import socket
 import struct
 from typing import Any
@@ -32,7 +34,7 @@ __all__ = ["FdChannel", "host_info", "same_host"]
 
 log = logging.getLogger("numbeam")
 
-_SEQ = struct.Struct("!Q")
+_TOKEN = struct.Struct("!Q")
 _UCRED = struct.Struct("iII")  # pid, uid, gid
 MAX_FDS = 250  # below the kernel's SCM_MAX_FD (253)
 _ANC = socket.CMSG_SPACE(MAX_FDS * 4) + socket.CMSG_SPACE(_UCRED.size)
@@ -53,13 +55,37 @@ def _netns() -> int:
         return 0
 
 
+def _raise_fd_limit() -> None:
+    """Every segment mapped here keeps a descriptor open: allow as many as the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError):
+            pass
+
+
+def _dgram_socket() -> socket.socket:
+    return socket.socket(
+        socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+    )
+
+
 class FdChannel:
-    """This node's socket for passing segment descriptors to and from nodes on the host."""
+    """This node's sockets for passing segment descriptors to and from nodes on the host.
+
+    One socket, bound at `address`, receives; one connected socket per peer sends, so that a
+    full receiver (the kernel queues only ``net.unix.max_dgram_qlen`` datagrams, 10 by default)
+    is back-pressure the sender can wait on (`sender` is writable again when it has room).
+    Descriptors travel one datagram per batch of messages, tagged with a token that the
+    batch's tensor handles name; tokens grow, so a receiver knows the older unclaimed ones
+    belonged to batches that never came.
+    """
 
     def __init__(self) -> None:
-        sock = socket.socket(
-            socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
-        )
+        _raise_fd_limit()
+        sock = _dgram_socket()
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
             self.address = b"\0numbeam-" + os.urandom(12).hex().encode()
@@ -68,23 +94,44 @@ class FdChannel:
             sock.close()
             raise
         self.sock = sock
-        self.seq = 0
-        self.allowed: dict[bytes, int] = {}  # socket address -> pid of a node on this host
-        self.pending: dict[tuple[bytes, int], list[int]] = {}  # (sender address, seq) -> fds
+        self.token = 0
+        self.senders: dict[bytes, socket.socket] = {}  # peer address -> connected socket
+        self.allowed: set[int] = set()  # pids of the nodes on this host we are connected to
+        self.pending: dict[tuple[int, int], list[int]] = {}  # (sender pid, token) -> fds
 
     def info(self) -> list[Any]:
         return host_info(self.address)
 
-    def send(self, address: bytes, fds: list[int]) -> int:
-        """Pass ``fds`` to the node at ``address``; the token its message must name.
+    def next_token(self) -> int:
+        self.token += 1
+        return self.token
 
-        Raises OSError if they cannot go now (the receiver is gone, or its queue is full).
+    def sender(self, address: bytes) -> socket.socket:
+        """The socket that sends to the node at ``address`` (connected on first use)."""
+        sock = self.senders.get(address)
+        if sock is None:
+            sock = _dgram_socket()
+            try:
+                sock.connect(address)
+            except BaseException:
+                sock.close()
+                raise
+            self.senders[address] = sock
+        return sock
+
+    def send(self, address: bytes, token: int, fds: list[int]) -> None:
+        """Pass ``fds`` under ``token`` to the node at ``address``.
+
+        Raises BlockingIOError when its queue is full (wait until `sender` is writable), or
+        another OSError when it is gone.
         """
-        self.seq += 1
-        # (socket.send_fds ignores its address argument before Python 3.13)
         anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))]
-        self.sock.sendmsg([_SEQ.pack(self.seq)], anc, 0, address)
-        return self.seq
+        self.sender(address).sendmsg([_TOKEN.pack(token)], anc)
+
+    def drop_sender(self, address: bytes) -> None:
+        sock = self.senders.pop(address, None)
+        if sock is not None:
+            sock.close()
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -94,7 +141,8 @@ class FdChannel:
         recvmsg = self.sock.recvmsg
         while True:
             try:
-                data, anc, flags, sender = recvmsg(_SEQ.size, _ANC)
+                # (close-on-exec: a subprocess of this node must not hold our segments)
+                data, anc, flags, _ = recvmsg(_TOKEN.size, _ANC, socket.MSG_CMSG_CLOEXEC)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as e:
@@ -112,38 +160,32 @@ class FdChannel:
                 elif kind == socket.SCM_CREDENTIALS and len(payload) >= _UCRED.size:
                     cred = _UCRED.unpack_from(payload)
             why = None
-            if (
-                cred is None
-                or cred[1] != os.getuid()
-                or type(sender) is not bytes
-                or self.allowed.get(sender) != cred[0]
-            ):
+            if cred is None or cred[1] != os.getuid() or cred[0] not in self.allowed:
                 why = f"from a process that is not a node of this host (credentials {cred})"
-            elif flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(data) != _SEQ.size:
+            elif flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC) or len(data) != _TOKEN.size:
                 why = "malformed"
             if why is not None:
                 log.warning("numbeam: dropped a descriptor datagram %s", why)
                 _close_all(fds)
                 continue
-            key = (sender, _SEQ.unpack(data)[0])
+            assert cred is not None
+            key = (cred[0], _TOKEN.unpack(data)[0])
             old = self.pending.pop(key, None)
             if old is not None:
                 _close_all(old)
             self.pending[key] = fds
 
-    def claim(self, sender: bytes, seq: Any) -> list[Segment] | None:
-        """The segments passed with message ``seq`` by the node at ``sender``, mapped."""
-        key = (sender, seq)
+    def claim(self, pid: int, token: Any) -> list[Segment] | None:
+        """The segments the node with OS pid ``pid`` passed under ``token``, mapped."""
+        key = (pid, token)
         fds = self.pending.pop(key, None)
         if fds is None:
-            self.drain()  # sent before the message, so it is in the socket's queue by now
+            self.drain()  # sent before the batch, so it is in the socket's queue by now
             fds = self.pending.pop(key, None)
             if fds is None:
                 return None
-        # Datagrams arrive in the order their messages do: older unclaimed ones were for
-        # messages that never came (their batch was dropped), so close them.
-        if type(seq) is int:
-            for k in [k for k in self.pending if k[0] == sender and k[1] < seq]:
+        if type(token) is int:
+            for k in [k for k in self.pending if k[0] == pid and k[1] < token]:
                 _close_all(self.pending.pop(k))
         out = []
         for i, fd in enumerate(fds):
@@ -151,20 +193,23 @@ class FdChannel:
                 out.append(map_segment(fd))
             except (OSError, ValueError) as e:
                 _close_all(fds[i + 1 :])
-                log.warning("numbeam: could not map a segment from %r: %s", sender, e)
+                log.warning("numbeam: could not map a segment from pid %d: %s", pid, e)
                 return None
         return out
 
-    def forget(self, sender: bytes) -> None:
-        """A node went away: drop what it passed that no message claimed."""
-        self.allowed.pop(sender, None)
-        for k in [k for k in self.pending if k[0] == sender]:
+    def forget(self, pid: int) -> None:
+        """A node went away: drop what it passed that no batch claimed."""
+        self.allowed.discard(pid)
+        for k in [k for k in self.pending if k[0] == pid]:
             _close_all(self.pending.pop(k))
 
     def close(self) -> None:
         for fds in self.pending.values():
             _close_all(fds)
         self.pending.clear()
+        for sock in self.senders.values():
+            sock.close()
+        self.senders.clear()
         self.sock.close()
 
 

@@ -111,12 +111,17 @@ def _monitor_address() -> str:
 
 
 class _Batch:
-    __slots__ = ("frames", "parts", "size")
+    __slots__ = ("fd_at", "fds", "frames", "parts", "size", "token")
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
         self.frames: list[Any] = []
         self.size = 0
+        # For a peer on this host: the descriptors of the segments its tensor handles name,
+        # passed ahead of the batch under `token` (see numbeam.tensors._share).
+        self.token: int | None = None
+        self.fds: list[int] = []
+        self.fd_at: dict[int, int] = {}
 
 
 class Peer:
@@ -173,7 +178,7 @@ class Peer:
 class _Incoming:
     """A connection some node opened to our ROUTER (its identity, once authenticated)."""
 
-    __slots__ = ("authed", "claim", "creation", "fd_address", "name", "nonce", "slot")
+    __slots__ = ("authed", "claim", "creation", "fd_pid", "name", "nonce", "slot")
 
     def __init__(self, name: str, creation: int, slot: int, nonce: bytes) -> None:
         self.name = name
@@ -181,9 +186,9 @@ class _Incoming:
         self.slot = slot
         self.nonce = nonce
         self.authed = False
-        # When the node is on this host: where its descriptors come from, and how its
-        # messages' tensor handles find their segments.
-        self.fd_address: bytes | None = None
+        # When the node is on this host: its OS pid, and how its tensor handles find their
+        # segments.
+        self.fd_pid: int | None = None
         self.claim: Callable[[int], Any] | None = None
 
 
@@ -696,6 +701,11 @@ class Distribution:
             self.loop.remove_reader(peer.sock.FD)
             peer.sock.close(1000 if linger else 0)
             peer.sock = None
+        if peer.fd_address is not None and self.fdchan is not None:
+            sock = self.fdchan.senders.get(peer.fd_address)
+            if sock is not None:
+                self.loop.remove_writer(sock.fileno())
+                self.fdchan.drop_sender(peer.fd_address)
         for fut in peer.waiters:
             if not fut.done():
                 fut.set_result(False)
@@ -716,8 +726,8 @@ class Distribution:
 
     def _forget_incoming(self, ident: bytes, inc: _Incoming) -> None:
         del self.incoming[ident]
-        if inc.fd_address is not None and self.fdchan is not None:
-            self.fdchan.forget(inc.fd_address)
+        if inc.fd_pid is not None and self.fdchan is not None:
+            self.fdchan.forget(inc.fd_pid)
         if self.slots.get(inc.slot) == inc.name:
             del self.slots[inc.slot]
             self.slot_seen.pop(inc.slot, None)
@@ -754,8 +764,14 @@ class Distribution:
         batch = peer.batch
         n = len(batch.frames)
         enc = self.encoder
-        address = peer.fd_address
-        seq = enc.handle_seq = None if address is None else self.fdchan.seq + 1  # type: ignore[union-attr]
+        if peer.fd_address is None:
+            enc.handle_seq = None
+        else:
+            if batch.token is None:
+                batch.token = self.fdchan.next_token()  # type: ignore[union-attr]
+            enc.handle_seq = batch.token
+            enc.fds = batch.fds
+            enc.fd_at = batch.fd_at
         unsent = peer.unsent if self.fdchan is not None else None
         if unsent is not None:
             enc.shared_bytes = False
@@ -765,19 +781,8 @@ class Distribution:
                 unsent.append(item)
                 if enc.shared_bytes:
                     peer.unsent_shared = True
-            if seq is not None and enc.fds_seq == seq:
-                enc.fds_seq = None
-                try:
-                    self.fdchan.send(address, enc.fds)  # type: ignore[union-attr,arg-type]
-                except OSError as e:
-                    # The descriptors cannot go now: send the tensors' bytes instead.
-                    log.info("node %s: tensors to %s go as bytes: %s", self.name, peer.name, e)
-                    del batch.frames[n:]
-                    enc.handle_seq = None
-                    data = enc.encode(item, batch.frames)
         except BaseException:
             del batch.frames[n:]
-            enc.fds_seq = None
             raise
         batch.parts.append(data)
         batch.size += len(data)
@@ -832,6 +837,8 @@ class Distribution:
         sealed = peer.sealed
         while sealed:
             b = sealed[0]
+            if b.fds and not self._pass_fds(peer, b):
+                return
             parts = b.parts
             body = _array_header(len(parts)) + (parts[0] if len(parts) == 1 else b"".join(parts))
             try:
@@ -845,6 +852,29 @@ class Distribution:
                 self._check_events(peer)
                 return
             sealed.popleft()
+
+    def _pass_fds(self, peer: Peer, b: _Batch) -> bool:
+        """Pass a batch's segment descriptors ahead of it; False: wait, the peer's queue is full
+        (the batch stays sealed, and goes once the peer has taken some)."""
+        chan = self.fdchan
+        address = peer.fd_address
+        assert chan is not None and address is not None and b.token is not None
+        try:
+            chan.send(address, b.token, b.fds)
+        except BlockingIOError:
+            sock = chan.sender(address)
+            self.loop.add_writer(sock.fileno(), self._fds_writable, peer, sock)
+            return False
+        except OSError as e:
+            # The node is going (its socket is gone); its handles will not resolve there.
+            log.warning("node %s: cannot pass tensors to %s: %s", self.name, peer.name, e)
+        b.fds = []
+        return True
+
+    def _fds_writable(self, peer: Peer, sock: Any) -> None:
+        self.loop.remove_writer(sock.fileno())
+        if peer.state == _UP:
+            self._flush_peer(peer)
 
     # -- receiving ---------------------------------------------------------------------------
 
@@ -975,10 +1005,9 @@ class Distribution:
         if fdchan is not None and self.host is not None:
             found = same_host(self.host, host)
             if found is not None:
-                pid, address = found
-                inc.fd_address = address
-                fdchan.allowed[address] = pid
-                inc.claim = functools.partial(fdchan.claim, address)
+                inc.fd_pid = found[0]
+                fdchan.allowed.add(found[0])
+                inc.claim = functools.partial(fdchan.claim, found[0])
         self._router_send(ident, ["welcome", self.nodes(), self.host])
         self._peer(inc.name)  # connect back: each direction has its own channel
 

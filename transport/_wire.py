@@ -29,8 +29,8 @@ index ``frame`` of the frames that follow the message, sent and received without
 A tensor handle names a shared-memory segment passed ahead of the message as a file
 descriptor (see `numbeam.tensors._share`): ``segment`` indexes the descriptors passed with
 ``token``. Only nodes on one host exchange handles; the encoder writes them when the node sets
-`Encoder.handle_seq`, and the decoder maps them through `Decoder.claim`. Received tensors of
-the other two kinds are copied into the receiver's shared memory.
+`Encoder.handle_seq` (a token per batch), and the decoder maps them through `Decoder.claim`.
+Received tensors of the other two kinds are copied into the receiver's shared memory.
 Codes 0 and 18..127 are unused, and any ext but an empty tag is malformed input, except -1:
 msgpack decodes its own timestamp ext without asking, so a peer that sends one delivers an int
 of nanoseconds. (For the same reason ``msgpack.ExtType`` and ``msgpack.Timestamp`` values are
@@ -266,14 +266,10 @@ def _enc_tensor(enc: Encoder, t: Tensor) -> Any:
     seq = enc.handle_seq
     if seq is not None:
         fd = mem.fd  # type: ignore[union-attr]
-        if enc.fds_seq != seq:  # the first handle of this message
-            enc.fds_seq = seq
-            enc.fds = []
-            enc._fd_at = {}
         fds = enc.fds
-        i = enc._fd_at.get(fd)
+        i = enc.fd_at.get(fd)
         if i is None and len(fds) < MAX_FDS:
-            i = enc._fd_at[fd] = len(fds)
+            i = enc.fd_at[fd] = len(fds)
             fds.append(fd)
         if i is not None:
             chunk = t._chunk
@@ -340,12 +336,11 @@ class Encoder:
 
     __slots__ = (
         "_encoders",
-        "_fd_at",
         "_frames",
         "_oob_threshold",
         "_pack",
+        "fd_at",
         "fds",
-        "fds_seq",
         "handle_seq",
         "shared_bytes",
     )
@@ -357,13 +352,13 @@ class Encoder:
         self._encoders: dict[type, _EncodeFn] = dict(_ENCODERS)
         self._frames: list[Any] = []
         # Set by a node before encoding for a peer on its host: tensors in shared memory go
-        # as handles naming token `handle_seq`, their segments' descriptors collected in `fds`.
+        # as handles naming token `handle_seq`; their segments' descriptors are added to
+        # `fds` (once each: `fd_at` maps a descriptor to its index there).
         self.handle_seq: int | None = None
         self.fds: list[int] = []
-        self.fds_seq: int | None = None  # the handle_seq that `fds` belong to
+        self.fd_at: dict[int, int] = {}
         # Set when a tensor in shared memory went as bytes, for want of `handle_seq`.
         self.shared_bytes = False
-        self._fd_at: dict[int, int] = {}
         packer = Packer(default=self._default, use_bin_type=True, strict_types=True)
         self._pack: Callable[[Any], bytes] = packer.pack
 
@@ -383,7 +378,6 @@ class Encoder:
             return self._pack(obj)
         except (TypeError, ValueError, OverflowError, BufferError, RecursionError) as exc:
             del frames[start:]
-            self.fds_seq = None
             raise _explain(obj, exc) from None
         finally:
             self._frames = _NO_FRAMES
