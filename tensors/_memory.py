@@ -331,8 +331,11 @@ def _refill(cls: _SizeClass) -> tuple[Chunk, tuple[int]]:
     chosen: Chunk | None = None
     for c in look:
         sample = c.tokens[:: max(1, c.n // 32)]
-        # (the sample list holds each sampled token once more)
-        if sum(n == _FREE_COUNT + 1 for n in _refcounts(sample)) * 4 < len(sample):
+        # (the sample list holds each sampled token once more; it must go before the scan)
+        free = sum(n == _FREE_COUNT + 1 for n in _refcounts(sample))
+        n_sample = len(sample)
+        del sample
+        if free * 4 < n_sample:
             continue
         reusable, used = c.scan()
         if chosen is None and len(reusable) * 4 >= c.n:

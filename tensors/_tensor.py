@@ -13,6 +13,7 @@ when the kernel drops the last mapping of the segment.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -285,8 +286,9 @@ _FAST_TYPES = frozenset(dt.type for dt in DTYPES.values())
 
 
 def _convert(a: np.ndarray, dt: np.dtype[Any]) -> np.ndarray:
-    if a.dtype.kind in "OSUVMm" and not (a.dtype == dt):
-        raise TypeError(f"cannot make a tensor from a numpy array of dtype {a.dtype}")
+    src = a.dtype
+    if src != dt and src.kind not in "biufc" and src != _BF16:
+        raise TypeError(f"cannot make a tensor from a numpy array of dtype {src}")
     if a.dtype.kind == "c" and dt.kind != "c":
         raise TypeError(f"cannot make a {dtype_name(dt)} tensor from complex values")
     return np.asarray(a, dt, order="C")
@@ -299,15 +301,19 @@ def _from_python(data: Any, dtype: Any) -> Tensor:
         a = np.asarray(data)
     except ValueError as e:
         raise ValueError(f"cannot make a tensor from a ragged nested sequence: {e}") from None
-    if a.dtype.kind not in "biufc":
+    if a.dtype.kind not in "biufc" and a.dtype != _BF16:
         raise TypeError(
             f"cannot make a tensor from {type(data).__name__} of numpy dtype {a.dtype} "
             "(tensors hold numbers only)"
         )
     if dtype is None:
-        if isinstance(data, np.generic):
+        if isinstance(data, np.generic) or a.dtype == _BF16:
             _, dt = resolve_dtype(a.dtype)
         else:
+            if a.dtype == np.uint64 and a.size and a.max() > np.iinfo(np.int64).max:
+                raise OverflowError(
+                    "an integer does not fit s64, the default for Python ints; pass dtype='u64'"
+                )
             dt = DTYPES[_PY_DEFAULTS[a.dtype.kind]]
     else:
         _, dt = resolve_dtype(dtype)
@@ -345,7 +351,9 @@ class Builder:
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
         try:
-            shape = tuple(int(n) for n in shape)
+            if isinstance(shape, (str, bytes)):
+                raise TypeError
+            shape = tuple(operator.index(n) for n in shape)
         except TypeError:
             raise TypeError(f"shape must be an int or a sequence of ints, got {shape!r}") from None
         if any(n < 0 for n in shape):

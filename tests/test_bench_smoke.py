@@ -72,3 +72,45 @@ def test_quick_transport_benchmark_runs_and_prints_every_row() -> None:
         assert matching, f"no {transport}{bench} row in the benchmark output:\n{out}"
         for line in matching:
             assert any(r in line for r in ("PASS", "FAIL", "SKIP")), line
+
+
+def test_quick_tensors_benchmark_runs_and_prints_every_row() -> None:
+    """Node B and the multiprocessing.Queue's child start as OS processes, the hand-off and
+    allocation benchmarks run at small sizes, and the run exits 0 (a few seconds)."""
+    bench = BENCH.parent / "tensors.py"
+    rows = (
+        "1 MB f32",
+        "16 MB f32",
+        "flat, same node",
+        "flat, other node",
+        "same node: numpy copy / hand-off",
+        "same node: mp.Queue / hand-off",
+        "other node: numpy copy / hand-off",
+        "other node: mp.Queue / hand-off",
+        "kept in a list",
+        "each dropped at once",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, str(bench), "--quick"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=40)
+    except subprocess.TimeoutExpired:
+        proc.terminate()  # SIGTERM: the benchmark stops node B and the queue's child on the way out
+        out, err = proc.communicate(timeout=15)
+        raise AssertionError(f"the quick tensors benchmark took over 40 s:\n{out}{err}") from None
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, out + err
+    lines = out.splitlines()
+    for row in rows:
+        matching = [line for line in lines if line.startswith(row) or f" {row}" in line]
+        assert matching, f"no {row!r} row in the benchmark output:\n{out}"
+    for line in lines:
+        if "/ hand-off" in line or "flat," in line or "alloc " in line:
+            assert any(r in line for r in ("PASS", "FAIL", "info")), line
