@@ -51,6 +51,7 @@ _FIRST_CHUNK = 256 * 1024
 _CHUNK = 4 * 1024 * 1024
 _MIN_BLOCKS = 16
 _SHM_DIR = "/dev/shm"
+_MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 
 _lock = threading.RLock()
 
@@ -139,7 +140,10 @@ class Segment:
         self.fd = fd
         self.size = size
         self.own = own
-        self.mm = mmap.mmap(fd, size, mmap.MAP_SHARED, prot)
+        # Our own pages are about to be written: map them all now, in one call, rather than
+        # fault them in one by one. A received segment is mapped lazily (a hand-off is O(1)).
+        flags = mmap.MAP_SHARED | (_MAP_POPULATE if own else 0)
+        self.mm = mmap.mmap(fd, size, flags, prot)
         self.addr = _address(self.mm)
         st = os.fstat(fd)
         self.key = (st.st_dev, st.st_ino)

@@ -218,16 +218,27 @@ def _intern_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
     return shape
 
 
-def _from_array(src: np.ndarray, dt: np.dtype[Any]) -> Tensor:
-    """A new tensor holding a copy of ``src`` (already of dtype ``dt``, native order)."""
-    nbytes = src.nbytes
+def tensor(data: Any, dtype: Any = None) -> Tensor:
+    """A new immutable tensor from a numpy array, a (nested) list or tuple, or a scalar.
+
+    ``dtype`` is an Nx name (``"f32"``) or a numpy dtype; without it a numpy array keeps its
+    dtype, Python ints become ``s64``, floats ``f32`` and complex numbers ``c64`` (as in Nx),
+    and bools ``u8``. A tensor is returned as it is, or converted if ``dtype`` differs.
+    """
+    if data.__class__ is not np.ndarray or dtype is not None:
+        return _tensor(data, dtype)
+    dt = data.dtype
+    if dt.type not in _FAST_TYPES or not dt.isnative:
+        return _tensor(data, dtype)
+    # A numpy array of a tensor dtype: copy it into new memory (slice assignment copes with
+    # any layout). Small tensors are the hot path, so it is written out here, not called.
+    nbytes = data.nbytes
     if nbytes > ARENA_MAX:
         seg = alloc_segment(nbytes)
-        np.frombuffer(seg.mm, dt, nbytes // dt.itemsize).reshape(src.shape)[...] = src
-        return _make(seg, 0, src.shape, dt, nbytes)
+        np.frombuffer(seg.mm, dt, nbytes // dt.itemsize).reshape(data.shape)[...] = data
+        return _make(seg, 0, data.shape, dt, nbytes)
     if nbytes <= settings.threshold:
-        return _make(src.tobytes(), 0, src.shape, dt, nbytes)
-    # The hot path of small tensors, inlined: a block from the arena, one slice assignment.
+        return _make(data.tobytes(), 0, data.shape, dt, nbytes)
     cls = _BY_BITS[(nbytes - 1).bit_length()]
     chunk = cls.current
     try:
@@ -239,15 +250,15 @@ def _from_array(src: np.ndarray, dt: np.dtype[Any]) -> Tensor:
     slab = chunk.slabs.get(dt.type)
     if slab is None:
         slab = chunk.slab(dt)
-    if nbytes == cls.bsize and src.ndim == 1:
-        slab[idx] = src
+    if nbytes == cls.bsize and data.ndim == 1:
+        slab[idx] = data
     else:
-        slab[idx, : nbytes // dt.itemsize] = src.reshape(-1)
+        slab[idx, : nbytes // dt.itemsize] = data.reshape(-1)
     # (If the copy raised, the token is dropped with this frame: the block is free again.)
     t = _new(Tensor)
     t._mem = chunk.seg
     t._off = idx * cls.bsize
-    shape = src.shape
+    shape = data.shape
     # One shape tuple for all tensors of a shape: a tuple less per tensor for the GC to track.
     t._shape = _shapes.get(shape) or _intern_shape(shape)
     t._dt = dt
@@ -257,28 +268,16 @@ def _from_array(src: np.ndarray, dt: np.dtype[Any]) -> Tensor:
     return t
 
 
-def tensor(data: Any, dtype: Any = None) -> Tensor:
-    """A new immutable tensor from a numpy array, a (nested) list or tuple, or a scalar.
-
-    ``dtype`` is an Nx name (``"f32"``) or a numpy dtype; without it a numpy array keeps its
-    dtype, Python ints become ``s64``, floats ``f32`` and complex numbers ``c64`` (as in Nx),
-    and bools ``u8``. A tensor is returned as it is, or converted if ``dtype`` differs.
-    """
-    if data.__class__ is np.ndarray:
-        if dtype is None:
-            dt = data.dtype
-            if dt.type in _FAST_TYPES and dt.isnative:
-                return _from_array(data, dt)  # slice assignment copes with any layout
-            _, dt = resolve_dtype(dt)
-        else:
-            _, dt = resolve_dtype(dtype)
-        return _from_array(_convert(data, dt), dt)
+def _tensor(data: Any, dtype: Any) -> Tensor:
+    if isinstance(data, np.ndarray):
+        if data.__class__ is not np.ndarray:  # a subclass: keep only the data
+            data = data.view(np.ndarray)
+        _, dt = resolve_dtype(data.dtype if dtype is None else dtype)
+        return tensor(_convert(data, dt))
     if isinstance(data, Tensor):
         if dtype is None or resolve_dtype(dtype)[1] == data._dt:
             return data
         return tensor(data.numpy(), dtype)
-    if isinstance(data, np.ndarray):  # a subclass: keep only the data
-        return tensor(np.asarray(data).view(np.ndarray), dtype)
     return _from_python(data, dtype)
 
 
@@ -317,7 +316,7 @@ def _from_python(data: Any, dtype: Any) -> Tensor:
             dt = DTYPES[_PY_DEFAULTS[a.dtype.kind]]
     else:
         _, dt = resolve_dtype(dtype)
-    return _from_array(_convert(a, dt), dt)
+    return tensor(_convert(a, dt))
 
 
 def from_dlpack(x: Any) -> Tensor:

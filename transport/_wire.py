@@ -60,7 +60,7 @@ from numbeam.actors._types import Down, Exit, NodeDown, Pid, Ref, RemoteError, T
 from numbeam.tensors._dtypes import DTYPES, dtype_name
 from numbeam.tensors._memory import Segment, settings
 from numbeam.tensors._share import MAX_FDS
-from numbeam.tensors._tensor import Tensor, _from_array, _make
+from numbeam.tensors._tensor import Tensor, _make, tensor
 
 __all__ = ["Decoder", "Encoder", "WireError"]
 
@@ -671,7 +671,7 @@ def _build_tensor(dec: Decoder, lst: list[Any]) -> Any:
         raise _malformed("a tensor's data does not match its dtype and shape")
     if size <= settings.threshold:
         return _make(data, 0, tuple(shape), dt, size)
-    return _from_array(np.frombuffer(data, dt).reshape(shape), dt)
+    return tensor(np.frombuffer(data, dt).reshape(shape))
 
 
 def _build_tensor_frame(dec: Decoder, lst: list[Any]) -> Any:
@@ -684,7 +684,7 @@ def _build_tensor_frame(dec: Decoder, lst: list[Any]) -> Any:
     if buf.nbytes != size:
         raise _malformed(f"frame {index} has {buf.nbytes} bytes, its tensor needs {size}")
     # One copy, into this node's shared memory, where the tensor lives from now on.
-    return _from_array(np.frombuffer(buf, np.uint8).view(dt).reshape(shape), dt)
+    return tensor(np.frombuffer(buf, np.uint8).view(dt).reshape(shape))
 
 
 def _build_tensor_handle(dec: Decoder, lst: list[Any]) -> Any:
