@@ -111,7 +111,7 @@ def _monitor_address() -> str:
 
 
 class _Batch:
-    __slots__ = ("fd_at", "fds", "frames", "parts", "size", "token")
+    __slots__ = ("fd_at", "fds", "frames", "parts", "segments", "size", "token")
 
     def __init__(self) -> None:
         self.parts: list[bytes] = []
@@ -122,6 +122,7 @@ class _Batch:
         self.token: int | None = None
         self.fds: list[int] = []
         self.fd_at: dict[int, int] = {}
+        self.segments: list[Any] = []  # keeps those descriptors open until they are passed
 
 
 class Peer:
@@ -772,6 +773,7 @@ class Distribution:
             enc.handle_seq = batch.token
             enc.fds = batch.fds
             enc.fd_at = batch.fd_at
+            enc.segments = batch.segments
         unsent = peer.unsent if self.fdchan is not None else None
         if unsent is not None:
             enc.shared_bytes = False
@@ -784,6 +786,8 @@ class Distribution:
         except BaseException:
             del batch.frames[n:]
             raise
+        finally:
+            enc.segments = None
         batch.parts.append(data)
         batch.size += len(data)
         if len(batch.frames) > n:
@@ -869,6 +873,7 @@ class Distribution:
             # The node is going (its socket is gone); its handles will not resolve there.
             log.warning("node %s: cannot pass tensors to %s: %s", self.name, peer.name, e)
         b.fds = []
+        b.segments = []
         return True
 
     def _fds_writable(self, peer: Peer, sock: Any) -> None:

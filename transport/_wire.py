@@ -271,6 +271,8 @@ def _enc_tensor(enc: Encoder, t: Tensor) -> Any:
         if i is None and len(fds) < MAX_FDS:
             i = enc.fd_at[fd] = len(fds)
             fds.append(fd)
+            if enc.segments is not None:
+                enc.segments.append(mem)  # the descriptor must stay open until it is passed
         if i is not None:
             chunk = t._chunk
             if chunk is not None:
@@ -342,6 +344,7 @@ class Encoder:
         "fd_at",
         "fds",
         "handle_seq",
+        "segments",
         "shared_bytes",
     )
 
@@ -357,6 +360,9 @@ class Encoder:
         self.handle_seq: int | None = None
         self.fds: list[int] = []
         self.fd_at: dict[int, int] = {}
+        # Where the node keeps those segments alive until their descriptors are passed (the
+        # tensor may be gone by then); None between batches, so the encoder holds none.
+        self.segments: list[Segment] | None = None
         # Set when a tensor in shared memory went as bytes, for want of `handle_seq`.
         self.shared_bytes = False
         packer = Packer(default=self._default, use_bin_type=True, strict_types=True)
