@@ -57,7 +57,13 @@ import numpy as np
 from _report import rate
 
 import numbeam as nb
-from transport import Child, Placement, placement  # bench/transport.py (first on sys.path)
+from transport import (  # bench/transport.py (first on sys.path)
+    Child,
+    Placement,
+    _node_ready,
+    _pin_self,
+    placement,
+)
 
 perf_counter = time.perf_counter
 
@@ -305,21 +311,6 @@ class Latencies:
     queue: float
     cold_same: float  # the hand-offs right after building the tensor
     cold_other: float
-
-
-def _node_ready(words: list[str]) -> str | None:
-    if len(words) == 4 and words[:2] == ["numbeam", "node"] and words[3] == "ready":
-        return words[2]
-    return None
-
-
-def _pin_self(cpus: frozenset[int] | set[int]) -> None:
-    """Pin every thread of this process; the threads it starts later inherit it."""
-    for tid in os.listdir("/proc/self/task"):
-        try:
-            os.sched_setaffinity(int(tid), cpus)
-        except OSError:  # a thread that just ended
-            pass
 
 
 def run_handoff(sizes: Sizes, pl: Placement) -> list[Latencies]:

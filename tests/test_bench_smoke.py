@@ -1,5 +1,5 @@
-"""The benchmarks still run: `bench/actors.py --quick` and `bench/transport.py --quick` exit 0
-and report every benchmark.
+"""The benchmarks still run: `bench/actors.py`, `bench/transport.py` and `bench/tensors.py`
+with `--quick` exit 0 and report every benchmark.
 
 Only that it runs and prints its rows: timings vary with the machine and its load, so no
 figure is asserted here (the targets are checked by reading the full run, see bench/README.md).
@@ -46,11 +46,11 @@ def test_quick_benchmark_runs_and_prints_every_row() -> None:
         assert any(r in matching[0] for r in ("PASS", "FAIL", "info", "SKIP")), matching[0]
 
 
-def test_quick_transport_benchmark_runs_and_prints_every_row() -> None:
-    """Node B and the raw servers start as OS processes, every benchmark runs on both transports
-    (in each CPU placement this machine allows), and the run exits 0 (a few seconds)."""
+def run_quick(bench: Path) -> str:
+    """Run ``bench --quick`` (at most 40 s); its stdout, once it has exited 0. On a timeout it
+    gets SIGTERM, so it stops its node and other children on the way out."""
     proc = subprocess.Popen(
-        [sys.executable, str(TRANSPORT_BENCH), "--quick"],
+        [sys.executable, str(bench), "--quick"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -58,14 +58,21 @@ def test_quick_transport_benchmark_runs_and_prints_every_row() -> None:
     try:
         out, err = proc.communicate(timeout=40)
     except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: the benchmark stops its node and servers on the way out
+        proc.terminate()
         out, err = proc.communicate(timeout=15)
-        raise AssertionError(f"the quick transport benchmark took over 40 s:\n{out}{err}") from None
+        raise AssertionError(f"{bench.name} --quick took over 40 s:\n{out}{err}") from None
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, out + err
+    return out
+
+
+def test_quick_transport_benchmark_runs_and_prints_every_row() -> None:
+    """Node B and the raw servers start as OS processes, every benchmark runs on both transports
+    (in each CPU placement this machine allows), and the run exits 0 (a few seconds)."""
+    out = run_quick(TRANSPORT_BENCH)
     lines = out.splitlines()
     for transport, bench in TRANSPORT_ROWS:
         matching = [line for line in lines if line.startswith(transport) and bench in line]
@@ -90,23 +97,7 @@ def test_quick_tensors_benchmark_runs_and_prints_every_row() -> None:
         "kept in a list",
         "each dropped at once",
     )
-    proc = subprocess.Popen(
-        [sys.executable, str(bench), "--quick"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        out, err = proc.communicate(timeout=40)
-    except subprocess.TimeoutExpired:
-        proc.terminate()  # SIGTERM: the benchmark stops node B and the queue's child on the way out
-        out, err = proc.communicate(timeout=15)
-        raise AssertionError(f"the quick tensors benchmark took over 40 s:\n{out}{err}") from None
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    assert proc.returncode == 0, out + err
+    out = run_quick(bench)
     lines = out.splitlines()
     for row in rows:
         matching = [line for line in lines if line.startswith(row) or f" {row}" in line]

@@ -8,6 +8,7 @@ import gc
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -269,6 +270,21 @@ def test_shipped_block_counts_as_free_in_stats() -> None:
     assert nb.tensors.stats()["buffers"] == before
 
 
+def run_threads(work: Callable[[int], None], n: int) -> None:
+    """Run ``work(k)`` in n threads at once, switching between them often (races show up)."""
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(timeout=30)
+            assert not th.is_alive()
+    finally:
+        sys.setswitchinterval(interval)
+
+
 def test_arena_is_thread_safe() -> None:
     n_threads, per_thread = 4, 5000
     results: list[list[nb.Tensor]] = [[] for _ in range(n_threads)]
@@ -284,17 +300,7 @@ def test_arena_is_thread_safe() -> None:
         except BaseException as e:  # reported below
             errors.append(e)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)  # switch threads often: races show up
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(n_threads)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=30)
-            assert not th.is_alive()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(work, n_threads)
     assert not errors, errors
     for k, out in enumerate(results):
         assert len(out) == per_thread
@@ -324,17 +330,7 @@ def test_threads_dropping_and_making() -> None:
         except BaseException as e:
             errors.append(e)
 
-    interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-5)
-    try:
-        threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(timeout=30)
-            assert not th.is_alive()
-    finally:
-        sys.setswitchinterval(interval)
+    run_threads(work, 4)
     assert not errors, errors
 
 
