@@ -21,6 +21,7 @@ is in use. Larger buffers get a segment each.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import mmap
 import os
@@ -136,17 +137,21 @@ class Segment:
     __slots__ = ("__weakref__", "addr", "fd", "key", "mm", "own", "size")
 
     def __init__(self, fd: int, size: int, own: bool) -> None:
+        """Map ``fd`` and own it from then on; if this raises, ``fd`` is the caller's still."""
         prot = mmap.PROT_READ | mmap.PROT_WRITE if own else mmap.PROT_READ
-        self.fd = fd
-        self.size = size
-        self.own = own
         # Our own pages are about to be written: map them all now, in one call, rather than
         # fault them in one by one. A received segment is mapped lazily (a hand-off is O(1)).
         flags = mmap.MAP_SHARED | (_MAP_POPULATE if own else 0)
-        self.mm = mmap.mmap(fd, size, flags, prot)
-        self.addr = _address(self.mm)
+        mm = mmap.mmap(fd, size, flags, prot)
+        addr = _address(mm)
         st = os.fstat(fd)
+        # Nothing can fail from here: __del__ closes `fd` once it is set.
+        self.mm = mm
+        self.addr = addr
         self.key = (st.st_dev, st.st_ino)
+        self.size = size
+        self.own = own
+        self.fd = fd
         with _lock:
             if own:
                 _counters.reserved += size
@@ -173,6 +178,16 @@ class Segment:
         return f"<Segment {kind} {self.size} bytes inode {self.key[1]}>"
 
 
+def _own_segment(size: int) -> Segment:
+    """A new read-write segment of ``size`` bytes, within the budget."""
+    fd = _reserve(size)
+    try:
+        return Segment(fd, size, True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _reserve(size: int) -> int:
     """A new file of ``size`` bytes, within the budget."""
     budget = settings.budget
@@ -188,7 +203,7 @@ def _reserve(size: int) -> int:
 
 def alloc_segment(size: int) -> Segment:
     """A read-write segment of its own for one large buffer."""
-    seg = Segment(_reserve(size), size, True)
+    seg = _own_segment(size)
     with _lock:
         _counters.own_segments += 1
     weakref.finalize(seg, _own_segment_gone)
@@ -216,17 +231,9 @@ def map_segment(fd: int) -> Segment:
             raise ValueError("an empty shared-memory file")
         return Segment(fd, st.st_size, False)
     except BaseException:
-        with _suppress_oserror():
+        with contextlib.suppress(OSError):
             os.close(fd)
         raise
-
-
-class _suppress_oserror:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, tp: Any, exc: Any, tb: Any) -> bool:
-        return tp is not None and issubclass(tp, OSError)
 
 
 # ----------------------------------------------------------------------------- the arena
@@ -258,7 +265,7 @@ class Chunk:
         self.cls = cls
         self.bsize = cls.bsize
         self.n = size // cls.bsize
-        self.seg = Segment(_reserve(size), size, True)
+        self.seg = _own_segment(size)
         self.tokens = [(i,) for i in range(self.n)]
         self.free = self.tokens[::-1]
         self.shipped: set[int] = set()

@@ -34,7 +34,6 @@ from ._memory import (
 
 __all__ = ["Builder", "Tensor", "build", "from_dlpack", "tensor"]
 
-_U8 = np.dtype(np.uint8)
 _BF16 = DTYPES["bf16"]
 # Defaults for Python values, as Nx: integers s64, floats f32, complex c64.
 _PY_DEFAULTS = {"i": "s64", "u": "s64", "f": "f32", "c": "c64", "b": "u8"}
