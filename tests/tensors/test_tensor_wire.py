@@ -7,6 +7,7 @@ import functools
 import gc
 import logging
 import os
+import select
 from collections.abc import Iterator
 from typing import Any
 
@@ -485,3 +486,30 @@ def test_handle_survives_the_sender_dropping_its_tensor(
     assert (got.numpy() == 42).all()
     assert not got._mem.own  # mapped again, from the descriptor, read-only
     assert got._mem.key == key
+
+
+def test_a_full_receiver_is_back_pressure_until_it_drains(
+    channels: tuple[FdChannel, FdChannel],
+) -> None:
+    # The kernel queues only net.unix.max_dgram_qlen datagrams for a receiver (10 by
+    # default): past that, sending raises BlockingIOError, and the connected sender becomes
+    # writable again once the receiver has taken some; nothing is lost on the way.
+    a, b = channels
+    t = nb.tensor(np.zeros(MIB, np.uint8))
+    fd = t._mem.fd  # type: ignore[union-attr]
+    sent = []
+    with pytest.raises(BlockingIOError):
+        for _ in range(10_000):
+            token = a.next_token()
+            a.send(b.address, token, [fd])
+            sent.append(token)
+    sock = a.sender(b.address)
+    assert select.select([], [sock], [], 0)[1] == []  # full: not writable
+    b.drain()
+    assert select.select([], [sock], [], 5)[1] == [sock]
+    token = a.next_token()
+    a.send(b.address, token, [fd])
+    b.drain()
+    assert sorted(k[1] for k in b.pending) == [*sent, token]
+    assert b.claim(os.getpid(), token) == [t._mem]
+    assert b.pending == {}  # the older ones, never claimed, were closed
