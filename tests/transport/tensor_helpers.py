@@ -190,3 +190,17 @@ _HANDLERS = {
     "await_nodedown": _await_nodedown,
     "take_payload": _take_payload,
 }
+
+
+async def sum_first_elements(report_to: nb.Pid, n: int) -> None:
+    """Receive `n` tensors; report the sum of their first elements, and how many of them were
+    not a read-only mapping of the sender's file (a copy)."""
+    total = 0
+    copies = 0
+    for _ in range(n):
+        t = await nb.receive(nb.Tensor)
+        total += int(t.numpy()[0])
+        line = maps_line(data_address(t))
+        copies += line is None or parse_maps_line(line)["perms"] != "r--s"
+        del t
+    nb.send(report_to, ("sums", total, copies))

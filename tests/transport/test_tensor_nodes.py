@@ -9,6 +9,7 @@ from a node on the host is a read-only shared mapping (``r--s``) of the sender's
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import signal
@@ -289,6 +290,25 @@ async def test_a_tensor_dropped_right_after_send_still_arrives(nodes, shm_untouc
         back, there = await answer("echo", pid)
         assert there["sum"] == float(200 * 199 // 2)
         assert back.tolist() == list(range(200))
+
+
+async def test_many_batches_of_handles_wait_for_a_full_receiver_and_all_arrive(
+    nodes, shm_untouched
+):
+    # Each tensor goes in a batch of its own (the sender yields after each send), each batch
+    # passes its descriptor in a datagram, and the kernel queues only a few datagrams per
+    # receiver: the sender waits for room (back-pressure), never falls back to a copy, loses
+    # nothing.
+    b = await nodes("b")
+    n = 300
+    async with node_runtime():
+        pid = nb.spawn("tensor_helpers:sum_first_elements", nb.self(), n, node=b.name)
+        for i in range(n):
+            nb.send(pid, nb.tensor(np.full(70_000, i, np.int32)))  # 280 KB: a segment each
+            await asyncio.sleep(0)  # a yield, not a wait: lets this batch go out alone
+        _, total, copies = await nb.receive(lambda m: m[0] == "sums", timeout=T)
+        assert total == n * (n - 1) // 2
+        assert copies == 0
 
 
 # ---- the ipc:// transport ----------------------------------------------------------------------
