@@ -14,6 +14,8 @@ when the kernel drops the last mapping of the segment.
 from __future__ import annotations
 
 import operator
+import os
+import types
 from collections.abc import Callable
 from typing import Any
 
@@ -57,7 +59,7 @@ class Tensor:
     ``numpy()`` (a read-only view, no copy), DLPack export, and ``to(device)``.
     """
 
-    __slots__ = ("__weakref__", "_chunk", "_dt", "_mem", "_nbytes", "_off", "_shape", "_tok")
+    __slots__ = ("_chunk", "_dt", "_mem", "_nbytes", "_off", "_shape", "_tok")
 
     _chunk: Chunk | None  # the arena chunk this tensor's block belongs to, if it owns one
     _tok: tuple[int] | None  # the block's token: holding it keeps the block in use
@@ -187,14 +189,14 @@ def _view(t: Tensor, readonly: bool) -> np.ndarray:
 _new = object.__new__
 
 
-def _make(
+def _py_make(
     mem: Segment | bytes,
     off: int,
     shape: tuple[int, ...],
     dt: np.dtype[Any],
     nbytes: int,
-    chunk: Chunk | None = None,
-    tok: tuple[int] | None = None,
+    chunk: Chunk | None,
+    tok: tuple[int] | None,
 ) -> Tensor:
     t = _new(Tensor)
     t._mem = mem
@@ -207,6 +209,10 @@ def _make(
     return t
 
 
+def _py_set_mem(t: Tensor, mem: bytes) -> None:
+    t._mem = mem
+
+
 _shapes: dict[tuple[int, ...], tuple[int, ...]] = {}
 
 
@@ -215,6 +221,42 @@ def _intern_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
         _shapes.clear()
     _shapes[shape] = shape
     return shape
+
+
+# The same Tensor as a C type, when the optional extension was built (see _ctensor.c): it is
+# not tracked by the garbage collector, which halves what holding many small tensors costs.
+# NUMBEAM_PURE_PYTHON=1 keeps the class above (the tests run both).
+_ctensor: Any = None
+if not os.environ.get("NUMBEAM_PURE_PYTHON"):
+    try:
+        from . import _ctensor  # type: ignore[attr-defined, no-redef]
+    except ImportError:
+        pass
+_make_new: Callable[..., Tensor] = _py_make
+_set_mem: Callable[[Tensor, bytes], None] = _py_set_mem
+_small: Callable[[Any], Tensor | None] | None = None
+if _ctensor is not None:
+    for _name, _value in vars(Tensor).items():
+        if _name not in ("__slots__", "__module__", "__dict__", "__init__", "__annotations__"):
+            if not isinstance(_value, types.MemberDescriptorType):
+                setattr(_ctensor.Tensor, _name, _value)
+    Tensor = _ctensor.Tensor  # type: ignore[misc]
+    _make_new = _ctensor.make
+    _set_mem = _ctensor.set_mem
+    _ctensor.setup(np.ndarray, _BY_BITS, tuple(DTYPES.values()), _shapes, settings, ARENA_MAX)
+    _small = _ctensor.small
+
+
+def _make(
+    mem: Segment | bytes,
+    off: int,
+    shape: tuple[int, ...],
+    dt: np.dtype[Any],
+    nbytes: int,
+    chunk: Chunk | None = None,
+    tok: tuple[int] | None = None,
+) -> Tensor:
+    return _make_new(mem, off, shape, dt, nbytes, chunk, tok)
 
 
 def tensor(data: Any, dtype: Any = None) -> Tensor:
@@ -226,6 +268,10 @@ def tensor(data: Any, dtype: Any = None) -> Tensor:
     """
     if data.__class__ is not np.ndarray or dtype is not None:
         return _tensor(data, dtype)
+    if _small is not None:
+        t = _small(data)  # the hot path of the C extension, when built
+        if t is not None:
+            return t
     dt = data.dtype
     if dt.type not in _FAST_TYPES or not dt.isnative:
         return _tensor(data, dtype)
@@ -254,17 +300,10 @@ def tensor(data: Any, dtype: Any = None) -> Tensor:
     else:
         slab[idx, : nbytes // dt.itemsize] = data.reshape(-1)
     # (If the copy raised, the token is dropped with this frame: the block is free again.)
-    t = _new(Tensor)
-    t._mem = chunk.seg
-    t._off = idx * cls.bsize
     shape = data.shape
     # One shape tuple for all tensors of a shape: a tuple less per tensor for the GC to track.
-    t._shape = _shapes.get(shape) or _intern_shape(shape)
-    t._dt = dt
-    t._nbytes = nbytes
-    t._chunk = chunk
-    t._tok = tok
-    return t
+    shape = _shapes.get(shape) or _intern_shape(shape)
+    return _make_new(chunk.seg, idx * cls.bsize, shape, dt, nbytes, chunk, tok)
 
 
 def _tensor(data: Any, dtype: Any) -> Tensor:
@@ -396,7 +435,7 @@ class Builder:
         self._array = self._tensor = None
         arr.flags.writeable = False
         if self._inline is not None:
-            t._mem = bytes(self._inline)
+            _set_mem(t, bytes(self._inline))
         return t
 
 
