@@ -168,6 +168,12 @@ class Tensor:
     def __reduce__(self) -> Any:
         raise TypeError("numbeam tensors are not pickled; send them to a process instead")
 
+    def __copy__(self) -> Tensor:
+        return self  # immutable: a copy would be the same (as for a tuple)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Tensor:
+        return self
+
 
 def _view(t: Tensor, readonly: bool) -> np.ndarray:
     """A numpy array over a shared tensor's bytes whose ``base`` keeps ``t`` alive."""

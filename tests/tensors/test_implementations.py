@@ -37,6 +37,14 @@ def test_the_c_tensor_is_not_tracked_by_the_garbage_collector() -> None:
             pass
 
 
+def test_copying_a_tensor_gives_the_tensor() -> None:
+    import copy
+
+    t = nb.tensor(np.arange(300.0))
+    assert copy.copy(t) is t
+    assert copy.deepcopy({"t": t})["t"] is t
+
+
 def test_the_c_fast_path_declines_what_it_does_not_handle() -> None:
     if _tensor._ctensor is None:
         pytest.skip("the C extension is not built here (no C compiler?)")
