@@ -1,7 +1,8 @@
-"""Build hook for the one optional C extension; everything else is in pyproject.toml.
+"""Build hook for the optional C extensions; everything else is in pyproject.toml.
 
-``numbeam.tensors._ctensor`` makes the Tensor object a C type (see tensors/_ctensor.c). It is
-optional: without a C compiler the build skips it and numbeam uses its pure-Python Tensor.
+``numbeam.tensors._ctensor`` makes the Tensor object a C type (see tensors/_ctensor.c);
+``numbeam.transport._zmqfast`` makes a node's hot ZeroMQ calls (see transport/_zmqfast.c).
+Both are optional: without a C compiler the build skips them and numbeam runs in pure Python.
 """
 
 from setuptools import Extension, setup
@@ -9,5 +10,6 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension("numbeam.tensors._ctensor", ["tensors/_ctensor.c"], optional=True),
+        Extension("numbeam.transport._zmqfast", ["transport/_zmqfast.c"], optional=True),
     ]
 )

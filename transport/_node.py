@@ -73,13 +73,44 @@ _EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
 _POLLIN, _POLLOUT, _NOBLOCK = int(zmq.POLLIN), int(zmq.POLLOUT), int(zmq.NOBLOCK)
 
 
+def _load_zmqfast() -> Any:
+    """The C extension for a node's hot ZeroMQ calls, bound to the libzmq pyzmq loaded; None
+    where it was not built (no C compiler), cannot find that libzmq, or NUMBEAM_PURE_PYTHON is
+    set: then pyzmq makes every call."""
+    if os.environ.get("NUMBEAM_PURE_PYTHON"):
+        return None
+    try:
+        from . import _zmqfast  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    # (zmq is imported above, so the libzmq it uses is loaded: find it among the mappings)
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = {line.split()[-1] for line in maps if "/libzmq" in line}
+        for path in sorted(paths):
+            try:
+                _zmqfast.setup(path)
+                return _zmqfast
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return None
+
+
+_fast: Any = _load_zmqfast()
+
+
 def _array_header(n: int) -> bytes:
     """The msgpack header of an array of `n` items: a batch is one array of operations."""
     if n < 16:
-        return bytes((0x90 | n,))
+        return _HEADERS[n]
     if n < 1 << 16:
         return b"\xdc" + n.to_bytes(2, "big")
     return b"\xdd" + n.to_bytes(4, "big")
+
+
+_HEADERS = [bytes((0x90 | n,)) for n in range(16)]  # arrays of up to 15 items
 
 
 # Operations (the first element of each item in a batch).
@@ -135,6 +166,7 @@ class Peer:
         "creation",
         "dirty",
         "fd_address",
+        "handle",
         "handshake_out",
         "mon",
         "name",
@@ -155,6 +187,7 @@ class Peer:
         self.name = addr.name
         self.state = _CONNECTING
         self.sock: zmq.Socket[Any] | None = None
+        self.handle = 0  # libzmq's address of sock, for _zmqfast
         self.mon: zmq.Socket[Any] | None = None
         self.creation: int | None = None
         self.slot = random.getrandbits(22) + 1
@@ -500,6 +533,7 @@ class Distribution:
             sock.curve_publickey = pub
             sock.curve_secretkey = sec
         peer.sock = sock
+        peer.handle = sock.underlying
         peer.mon = sock.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED, _monitor_address()
         )
@@ -768,26 +802,26 @@ class Distribution:
         if peer.fd_address is None:
             enc.handle_seq = None
         else:
-            if batch.token is None:
-                batch.token = self.fdchan.next_token()  # type: ignore[union-attr]
-            enc.handle_seq = batch.token
+            token = batch.token
+            if token is None:
+                chan = self.fdchan
+                assert chan is not None
+                chan.token = token = batch.token = chan.token + 1
+            enc.handle_seq = token
             enc.fds = batch.fds
             enc.fd_at = batch.fd_at
             enc.segments = batch.segments
-        unsent = peer.unsent if self.fdchan is not None else None
-        if unsent is not None:
-            enc.shared_bytes = False
-        try:
-            data = enc.encode(item, batch.frames)
-            if unsent is not None:
-                unsent.append(item)
-                if enc.shared_bytes:
-                    peer.unsent_shared = True
-        except BaseException:
-            del batch.frames[n:]
-            raise
-        finally:
-            enc.segments = None
+        unsent = peer.unsent
+        if unsent is None:  # the usual case: the peer is up
+            try:
+                data = enc.encode(item, batch.frames)
+            except BaseException:
+                del batch.frames[n:]
+                raise
+            finally:
+                enc.segments = None
+        else:
+            data = self._encode_unsent(peer, unsent, item, batch)
         batch.parts.append(data)
         batch.size += len(data)
         if len(batch.frames) > n:
@@ -801,6 +835,27 @@ class Distribution:
                 self._flush_peer(peer)
         if not peer.dirty:
             self._mark_dirty(peer)
+
+    def _encode_unsent(
+        self, peer: Peer, unsent: list[list[Any]], item: list[Any], batch: _Batch
+    ) -> bytes:
+        """Encode for a peer not up yet, keeping the item in case it must be encoded again
+        (see _reencode)."""
+        enc = self.encoder
+        n = len(batch.frames)
+        enc.shared_bytes = False
+        try:
+            data = enc.encode(item, batch.frames)
+        except BaseException:
+            del batch.frames[n:]
+            raise
+        finally:
+            enc.segments = None
+        if self.fdchan is not None:
+            unsent.append(item)
+            if enc.shared_bytes:
+                peer.unsent_shared = True
+        return data
 
     def _enqueue_reason(self, peer: Peer, item: list[Any], at: int) -> None:
         """Enqueue an item carrying an exit reason; a reason that cannot cross goes as text."""
@@ -833,21 +888,39 @@ class Distribution:
                 self._flush_peer(peer)
 
     def _flush_peer(self, peer: Peer) -> None:
-        if peer.batch.parts:
-            peer.sealed.append(peer.batch)
-            peer.batch = _Batch()
+        batch = peer.batch
+        sealed = peer.sealed
         sock = peer.sock
         assert sock is not None
-        sealed = peer.sealed
+        if not sealed and _fast is not None and not batch.frames and not batch.fds:
+            # The common case (small messages, nothing queued before): one send from C, and
+            # the batch object is emptied for the next messages instead of made anew.
+            parts = batch.parts
+            if not parts:
+                return
+            n = len(parts)
+            body = _HEADERS[n] + parts[0] if n == 1 else _array_header(n) + b"".join(parts)
+            if _fast.send(peer.handle, body):
+                batch.parts = []
+                batch.size = 0
+                batch.token = None
+                return
+        if batch.parts:
+            sealed.append(batch)
+            peer.batch = _Batch()
         while sealed:
             b = sealed[0]
             if b.fds and not self._pass_fds(peer, b):
                 return
             parts = b.parts
-            body = _array_header(len(parts)) + (parts[0] if len(parts) == 1 else b"".join(parts))
+            n = len(parts)
+            body = _HEADERS[n] + parts[0] if n == 1 else _array_header(n) + b"".join(parts)
             try:
                 if b.frames:
                     sock.send_multipart([body, *b.frames], _NOBLOCK, copy=False)
+                elif _fast is not None:
+                    if not _fast.send(peer.handle, body):
+                        raise zmq.Again
                 else:
                     sock.send(body, _NOBLOCK)
             except zmq.Again:
@@ -884,6 +957,52 @@ class Distribution:
     # -- receiving ---------------------------------------------------------------------------
 
     def _on_router(self) -> None:
+        if _fast is None:
+            self._on_router_pyzmq()
+            return
+        rt = self.rt
+        # The processes these messages wake run right below, not in a callback of their own:
+        # marking a drain as scheduled keeps _make_ready from scheduling one for nothing.
+        pending = rt._drain_scheduled
+        rt._drain_scheduled = True
+        try:
+            self._receive_fast()
+        finally:
+            if rt._ready:
+                rt._drain()  # (it clears _drain_scheduled, or schedules the rest over budget)
+            elif not pending:
+                rt._drain_scheduled = False
+                if self._dirty:
+                    self._flush()  # what the messages made us send (as _after_drain would)
+
+    def _receive_fast(self) -> None:
+        r = self.router
+        incoming = self.incoming
+        recv_router = _fast.recv_router
+        handle = r.underlying
+        left = 1000
+        while left > 0:
+            # Messages of two frames (identity, batch or handshake step) come from C, with
+            # no exception at the end; a message with more frames ends the list, and its
+            # further frames (large arrays: zero-copy) are taken here.
+            msgs = recv_router(handle, left)
+            for ident, body, more in msgs:
+                extra: list[Any] = []
+                while more:
+                    frame = r.recv(copy=False)
+                    extra.append(frame)
+                    more = frame.more
+                inc = incoming.get(ident)
+                if inc is not None and inc.authed:
+                    self._on_batch(inc, body, extra)
+                else:
+                    self._on_handshake(ident, inc, body, extra)
+            if not msgs or (not msgs[-1][2] and len(msgs) < left):
+                return  # none left: the edge-triggered FD is armed again
+            left -= len(msgs)
+        self.loop.call_soon(self._on_router)  # more waiting: let other work run
+
+    def _on_router_pyzmq(self) -> None:
         r = self.router
         recv = r.recv
         getsockopt = r.getsockopt
