@@ -736,6 +736,11 @@ class Distribution:
             self.loop.remove_reader(peer.sock.FD)
             peer.sock.close(1000 if linger else 0)
             peer.sock = None
+        enc = self.encoder
+        for b in (peer.batch, *peer.sealed):
+            if enc.fds is b.fds:  # the encoder keeps nothing of a peer that is gone
+                enc.fds, enc.fd_at, enc.segments = [], {}, None
+            b.segments.clear()
         if peer.fd_address is not None and self.fdchan is not None:
             sock = self.fdchan.senders.get(peer.fd_address)
             if sock is not None:
@@ -808,9 +813,10 @@ class Distribution:
                 assert chan is not None
                 chan.token = token = batch.token = chan.token + 1
             enc.handle_seq = token
-            enc.fds = batch.fds
-            enc.fd_at = batch.fd_at
-            enc.segments = batch.segments
+            if enc.fds is not batch.fds:  # (a batch's lists are emptied in place when sent)
+                enc.fds = batch.fds
+                enc.fd_at = batch.fd_at
+                enc.segments = batch.segments
         unsent = peer.unsent
         if unsent is None:  # the usual case: the peer is up
             try:
@@ -818,8 +824,6 @@ class Distribution:
             except BaseException:
                 del batch.frames[n:]
                 raise
-            finally:
-                enc.segments = None
         else:
             data = self._encode_unsent(peer, unsent, item, batch)
         batch.parts.append(data)
@@ -849,8 +853,6 @@ class Distribution:
         except BaseException:
             del batch.frames[n:]
             raise
-        finally:
-            enc.segments = None
         if self.fdchan is not None:
             unsent.append(item)
             if enc.shared_bytes:
@@ -901,9 +903,9 @@ class Distribution:
             n = len(parts)
             body = _HEADERS[n] + parts[0] if n == 1 else _array_header(n) + b"".join(parts)
             if _fast.send(peer.handle, body):
+                # (it keeps its token: a token is spent only by a batch that passes descriptors)
                 batch.parts = []
                 batch.size = 0
-                batch.token = None
                 return
         if batch.parts:
             sealed.append(batch)
@@ -945,8 +947,10 @@ class Distribution:
         except OSError as e:
             # The node is going (its socket is gone); its handles will not resolve there.
             log.warning("node %s: cannot pass tensors to %s: %s", self.name, peer.name, e)
-        b.fds = []
-        b.segments = []
+        # Emptied in place: the encoder may still point at these lists (see _enqueue).
+        b.fds.clear()
+        b.fd_at.clear()
+        b.segments.clear()
         return True
 
     def _fds_writable(self, peer: Peer, sock: Any) -> None:
@@ -960,13 +964,39 @@ class Distribution:
         if _fast is None:
             self._on_router_pyzmq()
             return
+        r = self.router
+        incoming = self.incoming
+        recv_router = _fast.recv_router
+        handle = r.underlying
         rt = self.rt
         # The processes these messages wake run right below, not in a callback of their own:
         # marking a drain as scheduled keeps _make_ready from scheduling one for nothing.
         pending = rt._drain_scheduled
         rt._drain_scheduled = True
+        left = 1000
         try:
-            self._receive_fast()
+            while True:
+                # Messages of two frames (identity, batch or handshake step) come from C,
+                # with no exception at the end; a message with more frames ends the list, and
+                # its further frames (large arrays: zero-copy) are taken here.
+                msgs = recv_router(handle, left)
+                for ident, body, more in msgs:
+                    extra: list[Any] = []
+                    while more:
+                        frame = r.recv(copy=False)
+                        extra.append(frame)
+                        more = frame.more
+                    inc = incoming.get(ident)
+                    if inc is not None and inc.authed:
+                        self._on_batch(inc, body, extra)
+                    else:
+                        self._on_handshake(ident, inc, body, extra)
+                if not msgs or (not msgs[-1][2] and len(msgs) < left):
+                    break  # none left: the edge-triggered FD is armed again
+                left -= len(msgs)
+                if left <= 0:
+                    self.loop.call_soon(self._on_router)  # more waiting: let other work run
+                    break
         finally:
             if rt._ready:
                 rt._drain()  # (it clears _drain_scheduled, or schedules the rest over budget)
@@ -974,33 +1004,6 @@ class Distribution:
                 rt._drain_scheduled = False
                 if self._dirty:
                     self._flush()  # what the messages made us send (as _after_drain would)
-
-    def _receive_fast(self) -> None:
-        r = self.router
-        incoming = self.incoming
-        recv_router = _fast.recv_router
-        handle = r.underlying
-        left = 1000
-        while left > 0:
-            # Messages of two frames (identity, batch or handshake step) come from C, with
-            # no exception at the end; a message with more frames ends the list, and its
-            # further frames (large arrays: zero-copy) are taken here.
-            msgs = recv_router(handle, left)
-            for ident, body, more in msgs:
-                extra: list[Any] = []
-                while more:
-                    frame = r.recv(copy=False)
-                    extra.append(frame)
-                    more = frame.more
-                inc = incoming.get(ident)
-                if inc is not None and inc.authed:
-                    self._on_batch(inc, body, extra)
-                else:
-                    self._on_handshake(ident, inc, body, extra)
-            if not msgs or (not msgs[-1][2] and len(msgs) < left):
-                return  # none left: the edge-triggered FD is armed again
-            left -= len(msgs)
-        self.loop.call_soon(self._on_router)  # more waiting: let other work run
 
     def _on_router_pyzmq(self) -> None:
         r = self.router
