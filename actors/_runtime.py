@@ -499,7 +499,10 @@ class Runtime:
         mb.append(msg)
         if proc.state == _PENDING:
             proc.state = _WOKEN
-            self._make_ready(proc)
+            self._ready.append(proc)  # (_make_ready, inline: this runs for every message)
+            if not self._drain_scheduled:
+                self._drain_scheduled = True
+                self._loop.call_soon(self._drain)
 
     def _kill(self, proc: Process, reason: Any) -> None:
         if proc.kill_reason is not None:
@@ -729,6 +732,10 @@ def send(dest: Dest, msg: Any) -> None:
     # for every process when the runtime stops), so no table lookup and no runtime check.
     proc = dest._proc if type(dest) is Pid else None
     if proc is None:
+        rt = _runtime
+        if rt is not None and rt.dist is not None and type(dest) is Pid and dest.node != rt.node:
+            rt.dist.send(dest, msg)  # the hot path of a remote send
+            return
         proc = _resolve_for_send(dest, msg)
         if proc is None:
             return

@@ -837,8 +837,12 @@ class Distribution:
             peer.batch = _Batch()
             if peer.state == _UP:
                 self._flush_peer(peer)
-        if not peer.dirty:
-            self._mark_dirty(peer)
+        if not peer.dirty:  # (_mark_dirty, inline: this runs for every message)
+            peer.dirty = True
+            self._dirty.append(peer)
+            if not self._flush_scheduled and not self.rt._drain_scheduled:
+                self._flush_scheduled = True
+                self.loop.call_soon(self._flush)
 
     def _encode_unsent(
         self, peer: Peer, unsent: list[list[Any]], item: list[Any], batch: _Batch
@@ -878,16 +882,17 @@ class Distribution:
             self.loop.call_soon(self._flush)
 
     def _after_drain(self) -> None:
-        if self._dirty:
-            self._flush()
+        dirty = self._dirty
+        if dirty:
+            self._dirty = []
+            for peer in dirty:
+                peer.dirty = False
+                if peer.state == _UP:
+                    self._flush_peer(peer)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        dirty, self._dirty = self._dirty, []
-        for peer in dirty:
-            peer.dirty = False
-            if peer.state == _UP:
-                self._flush_peer(peer)
+        self._after_drain()
 
     def _flush_peer(self, peer: Peer) -> None:
         batch = peer.batch
@@ -1002,8 +1007,7 @@ class Distribution:
                 rt._drain()  # (it clears _drain_scheduled, or schedules the rest over budget)
             elif not pending:
                 rt._drain_scheduled = False
-                if self._dirty:
-                    self._flush()  # what the messages made us send (as _after_drain would)
+                self._after_drain()  # what the messages made us send
 
     def _on_router_pyzmq(self) -> None:
         r = self.router
