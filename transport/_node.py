@@ -99,6 +99,7 @@ def _load_zmqfast() -> Any:
 
 
 _fast: Any = _load_zmqfast()
+_NO_EXTRA: list[Any] = []  # (never appended to: a message's further frames get a new list)
 
 
 def _array_header(n: int) -> bytes:
@@ -255,6 +256,7 @@ class Distribution:
         self.host: list[Any] | None = self.fdchan.info() if self.fdchan is not None else None
         self.loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]
         self.router: zmq.Socket[Any] = None  # type: ignore[assignment]
+        self.router_handle = 0
         self.router_mon: zmq.Socket[Any] | None = None
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
@@ -286,6 +288,7 @@ class Distribution:
         self.addr = self.addr.with_endpoint(endpoint)
         self.name = self.addr.name
         self.router = r
+        self.router_handle = r.underlying  # libzmq's address of the socket, for _zmqfast
         self.router_mon = r.get_monitor_socket(
             zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, _monitor_address()
         )
@@ -969,10 +972,9 @@ class Distribution:
         if _fast is None:
             self._on_router_pyzmq()
             return
-        r = self.router
         incoming = self.incoming
         recv_router = _fast.recv_router
-        handle = r.underlying
+        handle = self.router_handle
         rt = self.rt
         # The processes these messages wake run right below, not in a callback of their own:
         # marking a drain as scheduled keeps _make_ready from scheduling one for nothing.
@@ -986,11 +988,9 @@ class Distribution:
                 # its further frames (large arrays: zero-copy) are taken here.
                 msgs = recv_router(handle, left)
                 for ident, body, more in msgs:
-                    extra: list[Any] = []
-                    while more:
-                        frame = r.recv(copy=False)
-                        extra.append(frame)
-                        more = frame.more
+                    extra: list[Any] = _NO_EXTRA
+                    if more:
+                        extra = self._recv_extra()
                     inc = incoming.get(ident)
                     if inc is not None and inc.authed:
                         self._on_batch(inc, body, extra)
@@ -1008,6 +1008,16 @@ class Distribution:
             elif not pending:
                 rt._drain_scheduled = False
                 self._after_drain()  # what the messages made us send
+
+    def _recv_extra(self) -> list[Any]:
+        """The further frames of the message being received (large arrays: zero-copy)."""
+        extra = []
+        more = True
+        while more:
+            frame = self.router.recv(copy=False)
+            extra.append(frame)
+            more = frame.more
+        return extra
 
     def _on_router_pyzmq(self) -> None:
         r = self.router
