@@ -902,15 +902,23 @@ class Distribution:
         sealed = peer.sealed
         sock = peer.sock
         assert sock is not None
-        if not sealed and _fast is not None and not batch.frames and not batch.fds:
-            # The common case (small messages, nothing queued before): one send from C, and
-            # the batch object is emptied for the next messages instead of made anew.
+        if not sealed and not batch.frames and not batch.fds:
+            # The common case (small messages, nothing queued before): one send, and the
+            # batch object is emptied for the next messages instead of made anew.
             parts = batch.parts
             if not parts:
                 return
             n = len(parts)
             body = _HEADERS[n] + parts[0] if n == 1 else _array_header(n) + b"".join(parts)
-            if _fast.send(peer.handle, body):
+            if _fast is not None:
+                sent = _fast.send(peer.handle, body)
+            else:
+                try:
+                    sock.send(body, _NOBLOCK)
+                    sent = True
+                except zmq.Again:
+                    sent = False
+            if sent:
                 # (it keeps its token: a token is spent only by a batch that passes descriptors)
                 batch.parts = []
                 batch.size = 0
@@ -969,19 +977,19 @@ class Distribution:
     # -- receiving ---------------------------------------------------------------------------
 
     def _on_router(self) -> None:
-        if _fast is None:
-            self._on_router_pyzmq()
-            return
-        incoming = self.incoming
-        recv_router = _fast.recv_router
-        handle = self.router_handle
         rt = self.rt
         # The processes these messages wake run right below, not in a callback of their own:
         # marking a drain as scheduled keeps _make_ready from scheduling one for nothing.
         pending = rt._drain_scheduled
         rt._drain_scheduled = True
-        left = 1000
         try:
+            if _fast is None:
+                self._receive_pyzmq()
+                return
+            incoming = self.incoming
+            recv_router = _fast.recv_router
+            handle = self.router_handle
+            left = 1000
             while True:
                 # Messages of two frames (identity, batch or handshake step) come from C,
                 # with no exception at the end; a message with more frames ends the list, and
@@ -1019,12 +1027,12 @@ class Distribution:
             more = frame.more
         return extra
 
-    def _on_router_pyzmq(self) -> None:
+    def _receive_pyzmq(self) -> None:
+        """What _on_router does when the C extension is not there: the same, through pyzmq."""
         r = self.router
         recv = r.recv
         getsockopt = r.getsockopt
         incoming = self.incoming
-        rt = self.rt
         n = 1000
         # The FD fired, so a message is most likely there: take it without asking first.
         # After it, ask EVENTS rather than catch zmq.Again (slow to raise); reading EVENTS until
@@ -1050,10 +1058,6 @@ class Distribution:
             else:
                 self._on_handshake(ident, inc, body, extra)
             ident = None
-        if rt._ready:
-            # Run the processes these messages woke now, rather than one loop iteration later;
-            # what they send goes out when the drain ends (see _after_drain).
-            rt._drain()
 
     def _on_router_monitor(self) -> None:
         mon = self.router_mon
