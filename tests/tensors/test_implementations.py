@@ -59,29 +59,8 @@ def test_the_c_fast_path_declines_what_it_does_not_handle() -> None:
     assert t is not None and t.dtype == "f64" and t.numpy().sum() == 511 * 512 / 2
 
 
-def test_the_tensor_tests_pass_on_the_pure_python_tensor_too() -> None:
-    env = {**os.environ, "NUMBEAM_PURE_PYTHON": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(HERE),
-            "--deselect",
-            f"{Path(__file__).relative_to(HERE.parent.parent)}",
-        ],
-        cwd=HERE.parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout
+def test_the_tensor_tests_pass_on_the_pure_python_tensor_too(pure_python_pytest) -> None:
+    pure_python_pytest(str(HERE), "--deselect", str(Path(__file__).relative_to(HERE.parent.parent)))
 
 
 def test_pure_python_mode_really_uses_the_python_class() -> None:

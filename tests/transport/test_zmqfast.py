@@ -3,9 +3,6 @@ pyzmq on real sockets; and the node tests again without it (pyzmq makes every ca
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -92,26 +89,7 @@ def test_setup_refuses_a_library_that_is_not_loaded() -> None:
         fast.setup("/nonexistent/libzmq.so")
 
 
-def test_the_node_tests_pass_without_the_c_extensions() -> None:
-    env = {**os.environ, "NUMBEAM_PURE_PYTHON": "1"}
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            str(HERE / "test_nodes.py"),
-            str(HERE / "test_fuzz.py"),
-            str(HERE / "test_tensor_nodes.py"),
-        ],
-        cwd=HERE.parent.parent,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+def test_the_node_tests_pass_without_the_c_extensions(pure_python_pytest) -> None:
+    pure_python_pytest(
+        str(HERE / "test_nodes.py"), str(HERE / "test_fuzz.py"), str(HERE / "test_tensor_nodes.py")
     )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert " passed" in proc.stdout
