@@ -406,6 +406,23 @@ class Runtime:
             self._drain_scheduled = True
             self._loop.call_soon(self._drain)
 
+    def _hold_drain(self) -> bool:
+        """Until `_release_drain`, processes woken run there, not in a drain callback of their
+        own (for a caller about to wake many, then run them at once, as a node receiving a
+        batch does); returns what `_release_drain` needs."""
+        pending = self._drain_scheduled
+        self._drain_scheduled = True
+        return pending
+
+    def _release_drain(self, pending: bool) -> None:
+        """Run what was woken since `_hold_drain` returned `pending`."""
+        if self._ready:
+            self._drain()  # (it clears _drain_scheduled, or schedules the rest over budget)
+        elif not pending:
+            self._drain_scheduled = False
+            if self._after_drain is not None:
+                self._after_drain()
+
     def _drain(self) -> None:
         ready = self._ready
         pop = ready.popleft

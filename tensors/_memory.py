@@ -311,7 +311,7 @@ _BY_BITS = [_classes[max(0, b - _MIN_CLASS_SHIFT)] for b in range(ARENA_MAX.bit_
 
 def class_of(nbytes: int) -> _SizeClass:
     """The size class for a buffer of ``nbytes`` (1 .. ARENA_MAX)."""
-    return _classes[max(0, (nbytes - 1).bit_length() - _MIN_CLASS_SHIFT)]
+    return _BY_BITS[(nbytes - 1).bit_length()]
 
 
 def alloc_block(cls: _SizeClass) -> tuple[Chunk, tuple[int]]:
@@ -382,15 +382,16 @@ def stats() -> dict[str, Any]:
         blocks = 0
         block_bytes = 0
         chunks = 0
+        arena_reserved = 0
         for cls in _classes:
             for c in cls.chunks:
                 chunks += 1
                 live = c.scan()[1]
                 blocks += live
                 block_bytes += live * c.bsize
+                arena_reserved += c.seg.size
         c_ = _counters
         dedicated = c_.own_segments
-        arena_reserved = sum(c.seg.size for cls in _classes for c in cls.chunks)
         return {
             "buffers": blocks + dedicated,
             "bytes": block_bytes + (c_.reserved - arena_reserved),

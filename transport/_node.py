@@ -978,10 +978,8 @@ class Distribution:
 
     def _on_router(self) -> None:
         rt = self.rt
-        # The processes these messages wake run right below, not in a callback of their own:
-        # marking a drain as scheduled keeps _make_ready from scheduling one for nothing.
-        pending = rt._drain_scheduled
-        rt._drain_scheduled = True
+        # The processes these messages wake run once all are received, not in a callback.
+        pending = rt._hold_drain()
         try:
             if _fast is None:
                 self._receive_pyzmq()
@@ -1011,11 +1009,7 @@ class Distribution:
                     self.loop.call_soon(self._on_router)  # more waiting: let other work run
                     break
         finally:
-            if rt._ready:
-                rt._drain()  # (it clears _drain_scheduled, or schedules the rest over budget)
-            elif not pending:
-                rt._drain_scheduled = False
-                self._after_drain()  # what the messages made us send
+            rt._release_drain(pending)
 
     def _recv_extra(self) -> list[Any]:
         """The further frames of the message being received (large arrays: zero-copy)."""
