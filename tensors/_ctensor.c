@@ -67,12 +67,12 @@ static PyType_Spec Tensor_spec = {
     .slots = Tensor_slots,
 };
 
-/* make(mem, off, shape, dt, nbytes, chunk, tok) -> Tensor */
+/* make(mem, off, shape, dt, nbytes, chunk=None, tok=None) -> Tensor */
 static PyObject *
 make(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "make() takes 7 arguments (%zd given)", nargs);
+    if (nargs != 5 && nargs != 7) {
+        PyErr_Format(PyExc_TypeError, "make() takes 5 or 7 arguments (%zd given)", nargs);
         return NULL;
     }
     TensorObject *t = PyObject_New(TensorObject, Tensor_Type);
@@ -85,8 +85,8 @@ make(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     t->shape = Py_NewRef(args[2]);
     t->dt = Py_NewRef(args[3]);
     t->nbytes = Py_NewRef(args[4]);
-    t->chunk = Py_NewRef(args[5]);
-    t->tok = Py_NewRef(args[6]);
+    t->chunk = Py_NewRef(nargs == 7 ? args[5] : Py_None);
+    t->tok = Py_NewRef(nargs == 7 ? args[6] : Py_None);
     return (PyObject *)t;
 }
 
@@ -261,7 +261,7 @@ static PyMethodDef module_methods[] = {
      "setup(ndarray, by_bits, dtypes, shapes, settings, arena_max): what small() reads"},
     {"small", small, METH_O, "small(array) -> a new Tensor in an arena block, or None"},
     {"make", (PyCFunction)(void (*)(void))make, METH_FASTCALL,
-     "make(mem, off, shape, dt, nbytes, chunk, tok) -> Tensor"},
+     "make(mem, off, shape, dt, nbytes, chunk=None, tok=None) -> Tensor"},
     {"set_mem", (PyCFunction)(void (*)(void))set_mem, METH_FASTCALL,
      "set_mem(tensor, mem): set the bytes of a tensor not handed out yet"},
     {NULL, NULL, 0, NULL},

@@ -201,8 +201,8 @@ def _py_make(
     shape: tuple[int, ...],
     dt: np.dtype[Any],
     nbytes: int,
-    chunk: Chunk | None,
-    tok: tuple[int] | None,
+    chunk: Chunk | None = None,
+    tok: tuple[int] | None = None,
 ) -> Tensor:
     t = _new(Tensor)
     t._mem = mem
@@ -238,7 +238,8 @@ if not os.environ.get("NUMBEAM_PURE_PYTHON"):
         from . import _ctensor  # type: ignore[attr-defined, no-redef]
     except ImportError:
         pass
-_make_new: Callable[..., Tensor] = _py_make
+# _make(mem, off, shape, dt, nbytes, chunk=None, tok=None) -> a new Tensor.
+_make: Callable[..., Tensor] = _py_make
 _set_mem: Callable[[Tensor, bytes], None] = _py_set_mem
 _small: Callable[[Any], Tensor | None] | None = None
 if _ctensor is not None:
@@ -247,22 +248,10 @@ if _ctensor is not None:
             if not isinstance(_value, types.MemberDescriptorType):
                 setattr(_ctensor.Tensor, _name, _value)
     Tensor = _ctensor.Tensor  # type: ignore[misc]
-    _make_new = _ctensor.make
+    _make = _ctensor.make
     _set_mem = _ctensor.set_mem
     _ctensor.setup(np.ndarray, _BY_BITS, tuple(DTYPES.values()), _shapes, settings, ARENA_MAX)
     _small = _ctensor.small
-
-
-def _make(
-    mem: Segment | bytes,
-    off: int,
-    shape: tuple[int, ...],
-    dt: np.dtype[Any],
-    nbytes: int,
-    chunk: Chunk | None = None,
-    tok: tuple[int] | None = None,
-) -> Tensor:
-    return _make_new(mem, off, shape, dt, nbytes, chunk, tok)
 
 
 def tensor(data: Any, dtype: Any = None) -> Tensor:
@@ -309,7 +298,7 @@ def tensor(data: Any, dtype: Any = None) -> Tensor:
     shape = data.shape
     # One shape tuple for all tensors of a shape: a tuple less per tensor for the GC to track.
     shape = _shapes.get(shape) or _intern_shape(shape)
-    return _make_new(chunk.seg, idx * cls.bsize, shape, dt, nbytes, chunk, tok)
+    return _make(chunk.seg, idx * cls.bsize, shape, dt, nbytes, chunk, tok)
 
 
 def _tensor(data: Any, dtype: Any) -> Tensor:
