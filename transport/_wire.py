@@ -633,17 +633,22 @@ def _build_array(dec: Decoder, lst: list[Any]) -> Any:
     return np.frombuffer(data, dt).reshape(shape)
 
 
+def _frame(dec: Decoder, index: Any, size: int, what: str) -> memoryview:
+    """The out-of-band frame ``index`` of the message, checked to hold ``size`` bytes."""
+    frames = dec._frames
+    if type(index) is not int or not 0 <= index < len(frames):
+        raise _malformed(f"{what} refers to frame {index!r} of {len(frames)}")
+    buf = memoryview(frames[index])  # bytes, memoryview, zmq.Frame, numpy array...
+    if buf.nbytes != size:
+        raise _malformed(f"frame {index} has {buf.nbytes} bytes, {what} needs {size}")
+    return buf
+
+
 def _build_array_frame(dec: Decoder, lst: list[Any]) -> Any:
     _, dtype, shape, index = lst
     dt = dec._dtype(dtype)
     size = _array_size(dt, shape)
-    frames = dec._frames
-    if type(index) is not int or not 0 <= index < len(frames):
-        raise _malformed(f"an array refers to frame {index!r} of {len(frames)}")
-    frame = frames[index]
-    buf = memoryview(frame)  # bytes, memoryview, zmq.Frame, numpy array...
-    if buf.nbytes != size:
-        raise _malformed(f"frame {index} has {buf.nbytes} bytes, its array needs {size}")
+    buf = _frame(dec, index, size, "an array")
     if buf.ndim != 1 or buf.format != "B":
         buf = buf.cast("B") if size else memoryview(b"")  # cast refuses zeros in the shape
     if dt.kind in "Ub":
@@ -683,12 +688,7 @@ def _build_tensor(dec: Decoder, lst: list[Any]) -> Any:
 def _build_tensor_frame(dec: Decoder, lst: list[Any]) -> Any:
     _, name, shape, index = lst
     dt, size = _tensor_dtype(name, shape)
-    frames = dec._frames
-    if type(index) is not int or not 0 <= index < len(frames):
-        raise _malformed(f"a tensor refers to frame {index!r} of {len(frames)}")
-    buf = memoryview(frames[index])
-    if buf.nbytes != size:
-        raise _malformed(f"frame {index} has {buf.nbytes} bytes, its tensor needs {size}")
+    buf = _frame(dec, index, size, "a tensor")
     # One copy, into this node's shared memory, where the tensor lives from now on.
     return tensor(np.frombuffer(buf, np.uint8).view(dt).reshape(shape))
 
