@@ -1,1 +1,1 @@
-"""numbeam.gpu: device discovery and per-device worker nodes (a later issue). Empty until then."""
+"""numbeam.gpu: devices (``cuda:N`` through CuPy, ``fake:N`` on the CPU) and per-device workers."""
