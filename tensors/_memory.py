@@ -17,6 +17,12 @@ Buffers up to `ARENA_MAX` bytes come from an arena: per power-of-two size class,
 CPython dropping a reference. A block whose tensor was sent to another process may still be
 read there, so it is never reused; its chunk's memory is given back when no block of the chunk
 is in use. Larger buffers get a segment each.
+
+A *fake device*'s memory (``fake:N``, see `numbeam.gpu._devices`) is made the same way but kept
+apart: `alloc_device_segment` gives each buffer a segment of its own tagged with its device
+(`Segment.device`), outside the arena, the budget and ``cpu``'s counters, so a freed fake
+buffer goes straight back to the system. Per-device counters (`device_counters`) are shared
+with the CUDA module, and `stats` reports them under ``devices``.
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ __all__ = [
     "Chunk",
     "Segment",
     "alloc_block",
+    "alloc_device_segment",
     "alloc_segment",
     "configure",
+    "device_counters",
     "map_segment",
     "settings",
     "stats",
@@ -81,6 +89,45 @@ class _Counters:
 
 
 _counters = _Counters()
+
+
+class DeviceCounters:
+    """One device's memory in this process; updated under `_lock` (fake segments here, CUDA
+    buffers in `numbeam.gpu._cuda`).
+
+    ``buffers``/``bytes``: buffers allocated here and alive; ``exported``: those of them sent
+    to another process as a handle; ``imported``: buffers of other processes mapped here.
+    """
+
+    __slots__ = ("buffers", "bytes", "exported", "imported")
+
+    def __init__(self) -> None:
+        self.buffers = 0
+        self.bytes = 0
+        self.exported = 0
+        self.imported = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {
+            "buffers": self.buffers,
+            "bytes": self.bytes,
+            "exported": self.exported,
+            "imported": self.imported,
+        }
+
+
+_devices: dict[str, DeviceCounters] = {}
+
+
+def device_counters(device: str) -> DeviceCounters:
+    """The counters of ``device`` (made on first use; a device once seen stays listed)."""
+    c = _devices.get(device)
+    if c is None:
+        with _lock:
+            c = _devices.setdefault(device, DeviceCounters())
+    return c
+
+
 # Every segment this process holds, by (st_dev, st_ino): a handle for one that is already
 # mapped here (ours, or received before) reuses the mapping.
 _by_inode: weakref.WeakValueDictionary[tuple[int, int], Segment] = weakref.WeakValueDictionary()
@@ -131,12 +178,14 @@ class Segment:
 
     ``own`` segments were allocated here (mapped read-write); others were received from
     another process and are mapped read-only. The file descriptor stays open while the
-    segment is mapped, so a tensor in it can be passed on to a third process.
+    segment is mapped, so a tensor in it can be passed on to a third process. ``device`` is
+    ``"cpu"``, or the fake device whose memory this is; ``exported`` is set when one of our
+    own device segments was sent to another process as a handle.
     """
 
-    __slots__ = ("__weakref__", "addr", "fd", "key", "mm", "own", "size")
+    __slots__ = ("__weakref__", "addr", "device", "exported", "fd", "key", "mm", "own", "size")
 
-    def __init__(self, fd: int, size: int, own: bool) -> None:
+    def __init__(self, fd: int, size: int, own: bool, device: str = "cpu") -> None:
         """Map ``fd`` and own it from then on; if this raises, ``fd`` is the caller's still."""
         prot = mmap.PROT_READ | mmap.PROT_WRITE if own else mmap.PROT_READ
         # Our own pages are about to be written: map them all now, in one call, rather than
@@ -151,9 +200,18 @@ class Segment:
         self.key = (st.st_dev, st.st_ino)
         self.size = size
         self.own = own
+        self.device = device
+        self.exported = False
         self.fd = fd
         with _lock:
-            if own:
+            if device != "cpu":
+                dc = device_counters(device)
+                if own:
+                    dc.buffers += 1
+                    dc.bytes += size
+                else:
+                    dc.imported += 1
+            elif own:
                 _counters.reserved += size
             else:
                 _counters.mapped += 1
@@ -166,16 +224,51 @@ class Segment:
         except (OSError, AttributeError, TypeError):  # closed, or the interpreter is exiting
             return
         with _lock:
-            if self.own:
+            if self.device != "cpu":
+                dc = _devices[self.device]
+                if self.own:
+                    dc.buffers -= 1
+                    dc.bytes -= self.size
+                    if self.exported:
+                        dc.exported -= 1
+                else:
+                    dc.imported -= 1
+            elif self.own:
                 _counters.reserved -= self.size
             else:
                 _counters.mapped -= 1
                 _counters.mapped_bytes -= self.size
         # The mmap object unmaps when it is freed, right after this.
 
+    def mark_exported(self) -> None:
+        """One of our device segments is about to cross to another process as a handle."""
+        if not self.exported and self.own and self.device != "cpu":
+            with _lock:
+                if not self.exported:
+                    self.exported = True
+                    _devices[self.device].exported += 1
+
+    def adopt_device(self, device: str) -> bool:
+        """A received segment that a handle names as memory of ``device``: label it so (once,
+        moving it from ``cpu``'s counters to the device's); False if it is labelled otherwise
+        already, or is one of ours on another device."""
+        if self.device == device:
+            return True
+        if self.own or self.device != "cpu":
+            return False
+        with _lock:
+            if self.device != "cpu":
+                return self.device == device
+            _counters.mapped -= 1
+            _counters.mapped_bytes -= self.size
+            device_counters(device).imported += 1
+            self.device = device
+        return True
+
     def __repr__(self) -> str:
         kind = "own" if self.own else "mapped"
-        return f"<Segment {kind} {self.size} bytes inode {self.key[1]}>"
+        where = "" if self.device == "cpu" else f" {self.device}"
+        return f"<Segment {kind}{where} {self.size} bytes inode {self.key[1]}>"
 
 
 def _own_segment(size: int) -> Segment:
@@ -213,6 +306,19 @@ def alloc_segment(size: int) -> Segment:
 def _own_segment_gone() -> None:
     with _lock:
         _counters.own_segments -= 1
+
+
+def alloc_device_segment(device: str, size: int) -> Segment:
+    """A read-write segment of its own for one buffer of fake device ``device`` (a name checked
+    by the caller), outside ``cpu``'s arena, budget and counters. A segment holds at least one
+    byte (an empty file cannot be mapped); freeing it gives its pages back to the system."""
+    size = max(size, 1)
+    fd = _new_file(size)
+    try:
+        return Segment(fd, size, True, device)
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def map_segment(fd: int) -> Segment:
@@ -401,4 +507,5 @@ def stats() -> dict[str, Any]:
             "mapped_bytes": c_.mapped_bytes,
             "budget": settings.budget,
             "threshold": settings.threshold,
+            "devices": {name: dc.as_dict() for name, dc in sorted(_devices.items())},
         }

@@ -6,6 +6,12 @@ that is copied with the message. Within a node a tensor is passed by reference, 
 message; to a node on the same host it crosses as a handle to its segment; to another host
 its bytes travel as zero-copy frames (see `numbeam.transport._wire`).
 
+A *device* tensor (``device="fake:0"``, ``"cuda:1"``) holds a buffer of that device's memory
+instead (see `numbeam.gpu._backend`); ``device`` is read off the buffer (``"cpu"`` for inline
+bytes), so the `Tensor` object has no field for it. Its bytes are read through ``array()``
+(numpy for fake devices, whose memory is host memory; CuPy for CUDA) or copied with ``to()``;
+``numpy()`` is for ``cpu`` tensors only.
+
 The bytes are freed when the last handle goes: here, when the `Tensor` object and every numpy
 view of it are gone (each view keeps the tensor alive through its ``base``); across processes,
 when the kernel drops the last mapping of the segment.
@@ -40,6 +46,8 @@ _BF16 = DTYPES["bf16"]
 # Defaults for Python values, as Nx: integers s64, floats f32, complex c64.
 _PY_DEFAULTS = {"i": "s64", "u": "s64", "f": "f32", "c": "c64", "b": "u8"}
 _DEVICE = "cpu"
+_KDLCPU = 1
+_KDLCUDA = 2
 
 
 class _Export:
@@ -85,7 +93,9 @@ class Tensor:
 
     @property
     def device(self) -> str:
-        return _DEVICE
+        """Where the bytes are: ``"cpu"``, ``"fake:N"`` or ``"cuda:N"``."""
+        mem = self._mem
+        return _DEVICE if mem.__class__ is bytes else mem.device  # type: ignore[union-attr]
 
     @property
     def nbytes(self) -> int:
@@ -113,13 +123,33 @@ class Tensor:
     # -- reading -------------------------------------------------------------------------------
 
     def numpy(self) -> np.ndarray:
-        """A read-only numpy view of the bytes (no copy); it keeps the tensor alive."""
+        """A read-only numpy view of the bytes (no copy); it keeps the tensor alive.
+
+        ``cpu`` tensors only: a device tensor raises TypeError (use ``t.to("cpu")``, or
+        ``t.array()`` for the device's own array)."""
         mem = self._mem
         if mem.__class__ is bytes:
             return np.frombuffer(mem, self._dt).reshape(self._shape)  # type: ignore[arg-type]
+        if mem.device != _DEVICE:  # type: ignore[union-attr]
+            raise _on_device_error(self, "numpy()")
         return _view(self, True)
 
+    def array(self) -> Any:
+        """The device's own array over the bytes, no copy: a read-only numpy array for ``cpu``
+        and ``fake:*`` tensors, a ``cupy.ndarray`` for ``cuda:*`` (read-only by contract: CuPy
+        has no read-only arrays; writing to it is undefined). It keeps the tensor alive."""
+        mem = self._mem
+        if mem.__class__ is bytes:
+            return np.frombuffer(mem, self._dt).reshape(self._shape)  # type: ignore[arg-type]
+        dev = mem.device  # type: ignore[union-attr]
+        if dev == _DEVICE or mem.__class__ is Segment:  # cpu, and fake devices' host memory
+            return _view(self, True)
+        return _backend(dev).array(mem, self._off, self._shape, self._dt, True)
+
     def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        if self._mem.__class__ is not bytes and self._mem.device != _DEVICE:  # type: ignore[union-attr]
+            # As CuPy: no silent conversion of device memory to a host array.
+            raise _on_device_error(self, "conversion to a numpy array")
         a = self.numpy()
         if dtype is not None and np.dtype(dtype) != a.dtype:
             if copy is False:
@@ -141,8 +171,20 @@ class Tensor:
         dl_device: Any = None,
         copy: bool | None = None,
     ) -> Any:
-        """Export as DLPack (read-only: consumers must speak DLPack 1.0, as numpy 2 does)."""
-        a = self.numpy()
+        """Export as DLPack (read-only: consumers must speak DLPack 1.0, as numpy 2 does).
+
+        A ``cuda:*`` tensor exports its CuPy array (kDLCUDA), a ``fake:*`` one its host memory
+        (kDLCPU: fake device memory is host memory, so consumers see it as CPU memory)."""
+        mem = self._mem
+        dev = _DEVICE if mem.__class__ is bytes else mem.device  # type: ignore[union-attr]
+        if dev != _DEVICE and mem.__class__ is not Segment:
+            arr = self.array()
+            if max_version is None:
+                return arr.__dlpack__(stream=stream)
+            return arr.__dlpack__(
+                stream=stream, max_version=max_version, dl_device=dl_device, copy=copy
+            )
+        a = self.array()
         if max_version is None:
             # The old protocol cannot say "read-only", so numpy refuses; say what to do.
             raise BufferError(
@@ -152,18 +194,34 @@ class Tensor:
         return a.__dlpack__(stream=stream, max_version=max_version, dl_device=dl_device, copy=copy)
 
     def __dlpack_device__(self) -> tuple[int, int]:
-        return (1, 0)  # kDLCPU, device 0
+        """``(kDLCPU, 0)`` for ``cpu`` and ``fake:*`` (host memory); ``(kDLCUDA, N)`` for
+        ``cuda:N``."""
+        mem = self._mem
+        if mem.__class__ is bytes or mem.__class__ is Segment:
+            return (_KDLCPU, 0)
+        return (_KDLCUDA, int(mem.device[5:]))  # type: ignore[union-attr]
 
     def to(self, device: str) -> Tensor:
-        """This tensor on ``device``; only ``"cpu"`` exists until devices arrive."""
-        if device == _DEVICE:
+        """This tensor on ``device`` (``"cpu"``, ``"fake:N"``, ``"cuda:N"``): itself if it is
+        there already, else a copy there (device to device is a peer copy where the hardware
+        allows). An unknown device raises ValueError naming the ones this node has."""
+        here = self.device
+        if device == here:
             return self
-        if not isinstance(device, str):
-            raise TypeError(f"device must be a str such as 'cpu', got {device!r}")
-        raise ValueError(f"unknown device {device!r}; tensors live on 'cpu'")
+        device = _check_device(device)
+        if device == here:
+            return self
+        return _copy_to(self, here, device)
 
     def __repr__(self) -> str:
-        return format_tensor(self.dtype, self._shape, self.numpy(), device=_DEVICE)
+        here = self.device
+        if here == _DEVICE:
+            values = self.numpy()
+        elif self._mem.__class__ is Segment:
+            values = _view(self, True)
+        else:
+            values = self.to(_DEVICE).numpy()
+        return format_tensor(self.dtype, self._shape, values, device=here)
 
     def __reduce__(self) -> Any:
         raise TypeError("numbeam tensors are not pickled; send them to a process instead")
@@ -173,6 +231,69 @@ class Tensor:
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Tensor:
         return self
+
+
+def _on_device_error(t: Tensor, what: str) -> TypeError:
+    return TypeError(
+        f"{what} of a tensor on {t.device}: copy it to the host with t.to('cpu') first "
+        "(or use t.array(), the device's own array)"
+    )
+
+
+def _check_device(device: Any) -> str:
+    from numbeam.gpu._devices import check_device
+
+    return check_device(device)
+
+
+def _backend(device: str) -> Any:
+    from numbeam.gpu._backend import backend
+
+    return backend(device)
+
+
+def _host_bytes(t: Tensor) -> np.ndarray:
+    """The tensor's bytes as a host numpy array of its dtype and shape: a view for ``cpu`` and
+    fake devices, a copy from CUDA memory."""
+    mem = t._mem
+    if mem.__class__ is bytes or mem.__class__ is Segment:
+        return t.array()  # type: ignore[no-any-return]
+    out = np.empty(t._shape, t._dt)
+    _backend(mem.device).to_host(mem, t._off, out)  # type: ignore[union-attr]
+    return out
+
+
+def _copy_to(t: Tensor, here: str, device: str) -> Tensor:
+    """A copy of ``t`` (on ``here``) on another, checked, device."""
+    if device == _DEVICE:
+        if here.startswith("fake:"):
+            return tensor(t.array())
+        b = Builder(t._shape, t._dt)
+        _backend(here).to_host(t._mem, t._off, b._array)
+        return b.freeze()
+    if here == _DEVICE or here[:4] != device[:4]:
+        buf = _backend(device).from_host(device, np.ascontiguousarray(_host_bytes(t)))
+    else:  # same kind: device to device (a peer copy for CUDA)
+        buf = _backend(device).copy(t._mem, t._off, t._nbytes, device)
+    return _make(buf, 0, t._shape, t._dt, t._nbytes)
+
+
+def _on_device(data: Any, dtype: Any, device: str) -> Tensor:
+    """``tensor(data, dtype)`` on a checked device other than ``cpu``."""
+    if isinstance(data, Tensor):
+        if dtype is None or resolve_dtype(dtype)[1] == data._dt:
+            return data.to(device)
+        a = _convert(_host_bytes(data), resolve_dtype(dtype)[1])
+    elif isinstance(data, np.ndarray):
+        if data.__class__ is not np.ndarray:
+            data = data.view(np.ndarray)
+        _, dt = resolve_dtype(data.dtype if dtype is None else dtype)
+        a = _convert(data, dt)
+    else:
+        a = _python_array(data, dtype)
+    buf = _backend(device).from_host(device, a)
+    shape = a.shape
+    return _make(buf, 0, shape, a.dtype, a.nbytes)
 
 
 def _view(t: Tensor, readonly: bool) -> np.ndarray:
@@ -254,13 +375,19 @@ if _ctensor is not None:
     _small = _ctensor.small
 
 
-def tensor(data: Any, dtype: Any = None) -> Tensor:
+def tensor(data: Any, dtype: Any = None, device: str | None = None) -> Tensor:
     """A new immutable tensor from a numpy array, a (nested) list or tuple, or a scalar.
 
     ``dtype`` is an Nx name (``"f32"``) or a numpy dtype; without it a numpy array keeps its
     dtype, Python ints become ``s64``, floats ``f32`` and complex numbers ``c64`` (as in Nx),
     and bools ``u8``. A tensor is returned as it is, or converted if ``dtype`` differs.
+    ``device`` (None: ``"cpu"``) puts it in that device's memory (``"fake:0"``, ``"cuda:1"``);
+    a tensor given as ``data`` is then copied there with ``to``.
     """
+    if device is not None:
+        device = _check_device(device)
+        if device != _DEVICE:
+            return _on_device(data, dtype, device)
     if data.__class__ is not np.ndarray or dtype is not None:
         return _tensor(data, dtype)
     if _small is not None:
@@ -310,7 +437,8 @@ def _tensor(data: Any, dtype: Any) -> Tensor:
     if isinstance(data, Tensor):
         if dtype is None or resolve_dtype(dtype)[1] == data._dt:
             return data
-        return tensor(data.numpy(), dtype)
+        here = data.device
+        return tensor(_host_bytes(data), dtype, None if here == _DEVICE else here)
     return _from_python(data, dtype)
 
 
@@ -327,6 +455,11 @@ def _convert(a: np.ndarray, dt: np.dtype[Any]) -> np.ndarray:
 
 
 def _from_python(data: Any, dtype: Any) -> Tensor:
+    return tensor(_python_array(data, dtype))
+
+
+def _python_array(data: Any, dtype: Any) -> np.ndarray:
+    """``data`` (not a numpy array) as a C-contiguous numpy array of the tensor's dtype."""
     if isinstance(data, (str, bytes, bytearray, dict, set, frozenset)) or data is None:
         raise TypeError(f"cannot make a tensor from a {type(data).__name__}")
     try:
@@ -349,17 +482,33 @@ def _from_python(data: Any, dtype: Any) -> Tensor:
             dt = DTYPES[_PY_DEFAULTS[a.dtype.kind]]
     else:
         _, dt = resolve_dtype(dtype)
-    return tensor(_convert(a, dt))
+    return _convert(a, dt)
 
 
 def from_dlpack(x: Any) -> Tensor:
-    """A tensor from any DLPack producer on the CPU (its bytes are copied into shared memory;
-    a numbeam tensor is returned as it is)."""
+    """A tensor from any DLPack producer (its bytes are copied into memory of our own; a
+    numbeam tensor is returned as it is). CPU memory becomes a ``cpu`` tensor; CUDA memory
+    (``__dlpack_device__()`` says kDLCUDA) a ``cuda:N`` tensor on the same GPU, through CuPy."""
     if isinstance(x, Tensor):
         return x
     if not hasattr(x, "__dlpack__"):
         raise TypeError(f"{type(x).__name__} does not support DLPack (no __dlpack__)")
+    where = getattr(x, "__dlpack_device__", None)
+    kind, index = where() if where is not None else (_KDLCPU, 0)
+    if kind == _KDLCUDA:
+        device = _check_device(f"cuda:{int(index)}")
+        return _make_from(_backend(device).from_dlpack(device, x))
+    if kind != _KDLCPU:
+        raise TypeError(f"DLPack device type {kind} is not supported (CPU and CUDA are)")
     return tensor(np.from_dlpack(x))
+
+
+def _make_from(made: tuple[Any, tuple[int, ...], np.dtype[Any]]) -> Tensor:
+    buf, shape, dt = made
+    nbytes = dt.itemsize
+    for n in shape:
+        nbytes *= n
+    return _make(buf, 0, shape, dt, nbytes)
 
 
 # ----------------------------------------------------------------------------- building in place
@@ -370,7 +519,8 @@ class Builder:
 
     ``array`` hands out a writable numpy array once; ``freeze()`` makes that array read-only
     and returns the tensor. Views taken from the array before freezing stay writable: do not
-    keep them. ::
+    keep them. With ``device`` (``"fake:0"``, ``"cuda:1"``) the memory is that device's and
+    ``array`` is its own array (numpy for fake devices, CuPy for CUDA). ::
 
         b = nb.tensors.Builder((1024, 1024), "f32")
         np.matmul(x, y, out=b.array)
@@ -379,7 +529,12 @@ class Builder:
 
     __slots__ = ("_array", "_given", "_inline", "_tensor")
 
-    def __init__(self, shape: int | tuple[int, ...] | list[int], dtype: Any = "f32") -> None:
+    def __init__(
+        self,
+        shape: int | tuple[int, ...] | list[int],
+        dtype: Any = "f32",
+        device: str | None = None,
+    ) -> None:
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
         try:
@@ -397,10 +552,20 @@ class Builder:
         self._given = False
         self._inline: bytearray | None = None
         self._tensor: Tensor | None = None
+        self._array: Any = None  # numpy; CuPy for a CUDA device
+        if device is not None and _check_device(device) != _DEVICE:
+            be = _backend(device)
+            t = _make(be.alloc(device, nbytes), 0, shape, dt, nbytes)
+            if t._mem.__class__ is Segment:  # fake: host memory, viewed as cpu memory is
+                self._array = _view(t, False)
+            else:
+                self._array = be.array(t._mem, 0, shape, dt, False)
+            self._tensor = t
+            return
         if nbytes <= settings.threshold:
             self._inline = bytearray(nbytes)
             arr = np.frombuffer(self._inline, dt) if nbytes else np.empty(0, dt)
-            self._array: np.ndarray | None = arr.reshape(shape)
+            self._array = arr.reshape(shape)
             self._tensor = _make(b"", 0, shape, dt, nbytes)
             return
         if nbytes <= ARENA_MAX:
@@ -428,17 +593,22 @@ class Builder:
         if arr is None or t is None:
             raise RuntimeError("this builder is frozen already")
         self._array = self._tensor = None
-        arr.flags.writeable = False
+        if arr.__class__ is np.ndarray:  # (a CuPy array has no read-only flag)
+            arr.flags.writeable = False
         if self._inline is not None:
             _set_mem(t, bytes(self._inline))
         return t
 
 
 def build(
-    shape: int | tuple[int, ...] | list[int], dtype: Any, fill: Callable[[np.ndarray], Any]
+    shape: int | tuple[int, ...] | list[int],
+    dtype: Any,
+    fill: Callable[[Any], Any],
+    device: str | None = None,
 ) -> Tensor:
     """A tensor written in place by ``fill(out)``, e.g. ``build((n, n), "f32", lambda out:
-    np.matmul(x, y, out=out))``."""
-    b = Builder(shape, dtype)
+    np.matmul(x, y, out=out))``. On a ``device``, ``out`` is that device's array (numpy for
+    ``fake:*``, CuPy for ``cuda:*``)."""
+    b = Builder(shape, dtype, device)
     fill(b.array)
     return b.freeze()

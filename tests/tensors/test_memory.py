@@ -94,6 +94,7 @@ def test_stats_keys() -> None:
         "mapped_bytes",
         "budget",
         "threshold",
+        "devices",
     }
     assert s["threshold"] == 64
 
