@@ -22,6 +22,10 @@ an empty payload whose code says what the rest of the array is. The wire spec::
     15    tensor, inline   dtype: Nx name, shape: [int], data: bin
     16    tensor, frame    dtype: Nx name, shape: [int], frame: int
     17    tensor, handle   dtype: Nx name, shape: [int], token: int, segment: int, offset: int
+    18    device tensor, inline   dtype, shape, data: bin, device: str
+    19    device tensor, frame    dtype, shape, frame: int, device: str
+    20    fake tensor, handle     dtype, shape, token: int, segment: int, offset: int, device: str
+    21    CUDA tensor, handle     dtype, shape, device: str, token: int, offset: int, handle: list
 
 ``dtype`` is numpy's canonical ``dtype.str`` (``"<f8"``, ``"|b1"``, ``"<M8[ns]"``, ``"<U5"``).
 An array of ``oob_threshold`` bytes or more travels out of band: its buffer is the frame at
@@ -31,7 +35,17 @@ descriptor (see `numbeam.tensors._share`): ``segment`` indexes the descriptors p
 ``token``. Only nodes on one host exchange handles; the encoder writes them when the node sets
 `Encoder.handle_seq` (a token per batch), and the decoder maps them through `Decoder.claim`.
 Received tensors of the other two kinds are copied into the receiver's shared memory.
-Codes 0 and 18..127 are unused, and any ext but an empty tag is malformed input, except -1:
+
+Device tensors (18..21) carry the device's name (``"fake:N"`` or ``"cuda:N"``, checked: any
+other value is malformed). To a node on the host a fake device's buffer crosses as 17 does (its
+segment's descriptor, plus the name); a CUDA buffer as a CUDA IPC handle (``handle``, made and
+opened by `numbeam.gpu._cuda`; ``token`` is the batch's, or None). Without handles they are
+staged through host bytes (18, 19) and land in the receiver's memory for that device: a fake
+device always; a CUDA device only if the receiver has it, else ``cpu`` (with a warning, once).
+A receiver that is a device worker (`numbeam.gpu._devices.current` is not ``"cpu"``) puts a
+received device tensor of another device on its own device (one copy; for CUDA a peer copy);
+one of its own device stays the same memory. ``cpu`` tensors stay ``cpu`` tensors.
+Codes 0 and 22..127 are unused, and any ext but an empty tag is malformed input, except -1:
 msgpack decodes its own timestamp ext without asking, so a peer that sends one delivers an int
 of nanoseconds. (For the same reason ``msgpack.ExtType`` and ``msgpack.Timestamp`` values are
 packed as they are, unchecked: they are not part of any message.)
@@ -49,6 +63,7 @@ kinds above or raises `WireError`, and never allocates more than the input can d
 
 from __future__ import annotations
 
+import logging
 import re
 import traceback
 from collections.abc import Callable, Sequence
@@ -57,12 +72,16 @@ from typing import Any
 import numpy as np
 from msgpack import ExtType, Packer, Unpacker, unpackb
 from numbeam.actors._types import Down, Exit, NodeDown, Pid, Ref, RemoteError, TimerRef
+from numbeam.gpu._devices import cuda_count, parse_device
+from numbeam.gpu._devices import current as current_device
 from numbeam.tensors._dtypes import DTYPES, dtype_name
 from numbeam.tensors._memory import Segment, settings
 from numbeam.tensors._share import MAX_FDS
-from numbeam.tensors._tensor import Tensor, _make, tensor
+from numbeam.tensors._tensor import Tensor, _backend, _host_bytes, _make, tensor
 
 __all__ = ["Decoder", "Encoder", "WireError"]
+
+log = logging.getLogger("numbeam")
 
 
 class WireError(ValueError):
@@ -88,7 +107,11 @@ _NP_SCALAR = 14
 _TENSOR = 15
 _TENSOR_FRAME = 16
 _TENSOR_HANDLE = 17
-_N_CODES = 18
+_DEV_TENSOR = 18
+_DEV_TENSOR_FRAME = 19
+_FAKE_HANDLE = 20
+_CUDA_HANDLE = 21
+_N_CODES = 22
 
 # What the encoder writes at the head of a tagged array.
 _T_TUPLE = ExtType(_TUPLE, b"")
@@ -108,6 +131,10 @@ _T_NP_SCALAR = ExtType(_NP_SCALAR, b"")
 _T_TENSOR = ExtType(_TENSOR, b"")
 _T_TENSOR_FRAME = ExtType(_TENSOR_FRAME, b"")
 _T_TENSOR_HANDLE = ExtType(_TENSOR_HANDLE, b"")
+_T_DEV_TENSOR = ExtType(_DEV_TENSOR, b"")
+_T_DEV_TENSOR_FRAME = ExtType(_DEV_TENSOR_FRAME, b"")
+_T_FAKE_HANDLE = ExtType(_FAKE_HANDLE, b"")
+_T_CUDA_HANDLE = ExtType(_CUDA_HANDLE, b"")
 
 _INT_MIN = -(2**63)
 _INT_MAX = 2**64 - 1
@@ -263,16 +290,12 @@ def _enc_tensor(enc: Encoder, t: Tensor) -> Any:
     shape = list(t._shape)
     if mem.__class__ is bytes:
         return [_T_TENSOR, name, shape, mem]
+    device = mem.device  # type: ignore[union-attr]
+    if device != "cpu":
+        return _enc_device_tensor(enc, t, name, shape, device)
     seq = enc.handle_seq
     if seq is not None:
-        fd = mem.fd  # type: ignore[union-attr]
-        fds = enc.fds
-        i = enc.fd_at.get(fd)
-        if i is None and len(fds) < MAX_FDS:
-            i = enc.fd_at[fd] = len(fds)
-            fds.append(fd)
-            if enc.segments is not None:
-                enc.segments.append(mem)  # the descriptor must stay open until it is passed
+        i = _add_fd(enc, mem.fd, mem)  # type: ignore[union-attr]
         if i is not None:
             chunk = t._chunk
             if chunk is not None:
@@ -285,6 +308,42 @@ def _enc_tensor(enc: Encoder, t: Tensor) -> Any:
         frames.append(t.numpy().reshape(-1).view(np.uint8))  # keeps the tensor alive
         return [_T_TENSOR_FRAME, name, shape, index]
     return [_T_TENSOR, name, shape, t.numpy().tobytes()]
+
+
+def _add_fd(enc: Encoder, fd: int, keep: Any) -> int | None:
+    """The index of descriptor ``fd`` among those passed with this batch (added once; ``keep``
+    keeps it open until it is passed); None when the batch has as many as one datagram takes."""
+    fds = enc.fds
+    i = enc.fd_at.get(fd)
+    if i is None and len(fds) < MAX_FDS:
+        i = enc.fd_at[fd] = len(fds)
+        fds.append(fd)
+        if enc.segments is not None:
+            enc.segments.append(keep)  # the descriptor must stay open until it is passed
+    return i
+
+
+def _enc_device_tensor(enc: Encoder, t: Tensor, name: str, shape: list[int], device: str) -> Any:
+    mem: Any = t._mem
+    seq = enc.handle_seq
+    if seq is not None:
+        if mem.__class__ is Segment:  # a fake device's segment: as a cpu handle, plus the name
+            i = _add_fd(enc, mem.fd, mem)
+            if i is not None:
+                mem.mark_exported()
+                return [_T_FAKE_HANDLE, name, shape, seq, i, t._off, device]
+        else:
+            handle = _backend(device).export(mem, enc.peer)
+            if handle is not None:
+                return [_T_CUDA_HANDLE, name, shape, device, seq, t._off, handle]
+    enc.shared_bytes = True  # a handle would have spared these bytes
+    host = _host_bytes(t)  # a view of a fake device's memory, a copy of a GPU's
+    if t._nbytes >= enc._oob_threshold:
+        frames = enc._frames
+        index = len(frames)
+        frames.append(host.reshape(-1).view(np.uint8))  # (a view keeps the tensor alive)
+        return [_T_DEV_TENSOR_FRAME, name, shape, index, device]
+    return [_T_DEV_TENSOR, name, shape, host.tobytes(), device]
 
 
 _EncodeFn = Callable[["Encoder", Any], Any]
@@ -344,6 +403,7 @@ class Encoder:
         "fd_at",
         "fds",
         "handle_seq",
+        "peer",
         "segments",
         "shared_bytes",
     )
@@ -365,6 +425,10 @@ class Encoder:
         self.segments: list[Segment] | None = None
         # Set when a tensor in shared memory went as bytes, for want of `handle_seq`.
         self.shared_bytes = False
+        # The name of the node the batch goes to, when the node says (set with
+        # `handle_seq`): CUDA handles record it, so that the buffer stays alive for that node
+        # until it releases it or goes down (see `numbeam.gpu._cuda`).
+        self.peer: str | None = None
         packer = Packer(default=self._default, use_bin_type=True, strict_types=True)
         self._pack: Callable[[Any], bytes] = packer.pack
 
@@ -708,9 +772,112 @@ def _build_tensor_handle(dec: Decoder, lst: list[Any]) -> Any:
     seg: Segment = segments[index]
     if type(offset) is not int or offset < 0 or offset + size > seg.size:
         raise _malformed(f"a tensor handle's bytes lie outside its {seg.size}-byte segment")
+    if seg.device != "cpu":
+        raise _malformed(f"a cpu tensor handle names memory of {seg.device}")
     if size == 0:
         return _make(b"", 0, tuple(shape), dt, 0)
     return _make(seg, offset, tuple(shape), dt, size)
+
+
+def _wire_device(name: Any, kinds: tuple[str, ...] = ("fake", "cuda")) -> str:
+    """A device name from a peer, checked: ``fake:N`` or ``cuda:N`` (of ``kinds``)."""
+    try:
+        kind, _ = parse_device(name)
+    except (TypeError, ValueError):
+        raise _malformed(f"bad device name {name!r}") from None
+    if kind not in kinds:
+        raise _malformed(f"device {name!r} where a {' or '.join(kinds)} device belongs")
+    return name  # type: ignore[no-any-return]
+
+
+_warned_no_cuda: set[str] = set()
+
+
+def _landing(device: str) -> str:
+    """Where staged bytes of a tensor of ``device`` land here: this worker's own device, or
+    ``device`` if this node can have it, or else cpu (for CUDA: said once per device)."""
+    here = current_device()
+    if here != "cpu":
+        return here
+    if device.startswith("fake:"):
+        return device
+    if int(device[5:]) < cuda_count():
+        return device
+    if device not in _warned_no_cuda:
+        _warned_no_cuda.add(device)
+        log.warning(
+            "numbeam: received tensors of %s land on cpu: there is no %s here", device, device
+        )
+    return "cpu"
+
+
+def _staged(dec: Decoder, host: np.ndarray, device: str) -> Tensor:
+    target = _landing(device)
+    if target == "cpu":
+        return tensor(host)
+    buf = _backend(target).from_host(target, np.ascontiguousarray(host))
+    return _make(buf, 0, host.shape, host.dtype, host.nbytes)
+
+
+def _build_dev_tensor(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, shape, data, device = lst
+    dt, size = _tensor_dtype(name, shape)
+    device = _wire_device(device)
+    if type(data) is not bytes or len(data) != size:
+        raise _malformed("a tensor's data does not match its dtype and shape")
+    return _staged(dec, np.frombuffer(data, dt).reshape(shape), device)
+
+
+def _build_dev_tensor_frame(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, shape, index, device = lst
+    dt, size = _tensor_dtype(name, shape)
+    device = _wire_device(device)
+    buf = _frame(dec, index, size, "a tensor")
+    return _staged(dec, np.frombuffer(buf, np.uint8).view(dt).reshape(shape), device)
+
+
+def _moved(t: Tensor, device: str) -> Tensor:
+    """A device worker keeps received device tensors on its own device (one copy)."""
+    here = current_device()
+    if here == "cpu" or here == device:
+        return t
+    return t.to(here)
+
+
+def _build_fake_handle(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, shape, seq, index, offset, device = lst
+    dt, size = _tensor_dtype(name, shape)
+    device = _wire_device(device, ("fake",))
+    segments = dec._claimed.get(seq) if type(seq) is int else None
+    if segments is None:
+        claim = dec.claim
+        segments = claim(seq) if claim is not None and type(seq) is int else None
+        if segments is None:
+            raise _malformed(f"a tensor handle's segments (token {seq!r}) did not arrive")
+        dec._claimed[seq] = segments
+    if type(index) is not int or not 0 <= index < len(segments):
+        raise _malformed(f"a tensor handle names segment {index!r} of {len(segments)}")
+    seg: Segment = segments[index]
+    if type(offset) is not int or offset < 0 or offset + size > seg.size:
+        raise _malformed(f"a tensor handle's bytes lie outside its {seg.size}-byte segment")
+    if not seg.adopt_device(device):
+        raise _malformed(f"a handle names memory of {seg.device} as {device}")
+    return _moved(_make(seg, offset, tuple(shape), dt, size), device)
+
+
+def _build_cuda_handle(dec: Decoder, lst: list[Any]) -> Any:
+    _, name, shape, device, _seq, offset, handle = lst
+    dt, size = _tensor_dtype(name, shape)
+    device = _wire_device(device, ("cuda",))
+    if type(offset) is not int or offset < 0:
+        raise _malformed("a CUDA tensor handle's offset is not an int >= 0")
+    if cuda_count() <= int(device[5:]):
+        raise _malformed(f"a CUDA handle to {device}, which this node cannot open")
+    try:
+        buf = _backend(device).import_handle(device, handle, offset + size, dec.peer)
+    except (TypeError, ValueError) as e:
+        raise _malformed(f"a CUDA tensor handle: {e}") from None
+    return _moved(_make(buf, offset, tuple(shape), dt, size), device)
 
 
 _TUPLE_TAG = _Tag(_TUPLE, _build_tuple)
@@ -734,6 +901,10 @@ _TAGS: tuple[_Tag | None, ...] = (
     _Tag(_TENSOR, _build_tensor),
     _Tag(_TENSOR_FRAME, _build_tensor_frame),
     _Tag(_TENSOR_HANDLE, _build_tensor_handle),
+    _Tag(_DEV_TENSOR, _build_dev_tensor),
+    _Tag(_DEV_TENSOR_FRAME, _build_dev_tensor_frame),
+    _Tag(_FAKE_HANDLE, _build_fake_handle),
+    _Tag(_CUDA_HANDLE, _build_cuda_handle),
 )
 assert len(_TAGS) == _N_CODES
 _TAG_OF = {code: tag for code, tag in enumerate(_TAGS) if tag is not None}
@@ -746,7 +917,17 @@ class Decoder:
     cached Pid objects; by default a new `Pid` is built. Not reentrant: one per thread.
     """
 
-    __slots__ = ("_claimed", "_dtypes", "_ext", "_frames", "_intern_pid", "_list", "_tags", "claim")
+    __slots__ = (
+        "_claimed",
+        "_dtypes",
+        "_ext",
+        "_frames",
+        "_intern_pid",
+        "_list",
+        "_tags",
+        "claim",
+        "peer",
+    )
 
     def __init__(self, intern_pid: Callable[[str, int, int], Pid] | None = None) -> None:
         self._intern_pid: Callable[[str, int, int], Pid] = intern_pid or Pid
@@ -757,6 +938,9 @@ class Decoder:
         # the segments passed ahead of the message with that token, mapped, or None.
         self.claim: Callable[[int], list[Segment] | None] | None = None
         self._claimed: dict[int, list[Segment]] = {}
+        # The name of the node whose message is decoded, when the node says: a CUDA buffer
+        # opened from its handle is released to that node when the last reference here goes.
+        self.peer: str | None = None
         # Bound once: an attribute lookup per call would allocate two method objects.
         self._ext = self._ext_hook
         self._list = self._list_hook
