@@ -18,13 +18,16 @@ as the reason (and a crash report). An exit signal from the parent (the process 
 
 from __future__ import annotations
 
+import importlib
 import logging
 from typing import Any, Final, TypeVar
 
 from . import _runtime as rt_mod
 from ._runtime import (
+    Process,
     _check_timeout,
     _current,
+    _device_node,
     _me,
     _remote,
     _rt,
@@ -103,14 +106,34 @@ class GenServer:
         while trapping exits). Default: nothing."""
 
     @classmethod
-    async def start_link(cls: type[S], *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
-        """Start the server linked to the caller; wait for `init`. See the class docstring."""
-        return await _start(cls, args, kwargs, name, link=True)
+    async def start_link(
+        cls: type[S],
+        *args: Any,
+        name: str | None = None,
+        node: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> Pid:
+        """Start the server linked to the caller; wait for `init`. See the class docstring.
+
+        ``*args`` and ``**kwargs`` go to `init`. ``name`` registers the server (on the node
+        it runs on). ``node=`` starts it on another node, ``device=`` on a device's worker
+        (``"cuda:0"``, ``"fake:1"``); the class is imported there by module path, and its
+        arguments must be able to cross (TypeError if not).
+        """
+        return await _start(cls, args, kwargs, name, True, node, device)
 
     @classmethod
-    async def start(cls: type[S], *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
-        """Start the server without a link; wait for `init`."""
-        return await _start(cls, args, kwargs, name, link=False)
+    async def start(
+        cls: type[S],
+        *args: Any,
+        name: str | None = None,
+        node: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> Pid:
+        """Start the server without a link; wait for `init` (see `start_link`)."""
+        return await _start(cls, args, kwargs, name, False, node, device)
 
 
 def _pid() -> Pid | None:
@@ -119,12 +142,22 @@ def _pid() -> Pid | None:
 
 
 async def _start(
-    cls: type[GenServer], args: tuple[Any, ...], kwargs: dict[str, Any], name: Any, link: bool
+    cls: type[GenServer],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    name: Any,
+    link: bool,
+    node: str | None = None,
+    device: str | None = None,
 ) -> Pid:
     if not (isinstance(cls, type) and issubclass(cls, GenServer)):
         raise TypeError(f"start_link needs a GenServer subclass, got {cls!r}")
     me = _me(f"{cls.__name__}.start_link()")
     rt = me.rt
+    if device is not None:
+        node = _device_node(rt, device, node)
+    if node is not None and node != rt.node:
+        return await _start_remote(cls, args, kwargs, name, link, me, node)
     if name is not None:
         taken = rt._names.get(name) if type(name) is str else None
         if taken is not None:
@@ -150,6 +183,78 @@ async def _start(
     if isinstance(reason, BaseException):
         raise err from reason
     raise err
+
+
+async def _start_remote(
+    cls: type[GenServer],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    name: Any,
+    link: bool,
+    me: Process,
+    node: str,
+) -> Pid:
+    """`_start` on another node (or a device's worker): spawn `_serve_remote` there, which
+    imports the class by module path, and wait for its acknowledgement as locally."""
+    from numbeam.transport._node import _function_path
+
+    rt = me.rt
+    if rt.dist is None:
+        raise RuntimeError(
+            f"cannot start {cls.__name__} on node {node!r}: this runtime is local; start it "
+            "with node=..."
+        )
+    module, qualname = _function_path(cls, main_ok=node in rt.dist.hidden)
+    ack = Ref(rt.node)
+    pid, _ = rt.dist.spawn(
+        _serve_remote,
+        (module, qualname, list(args), dict(kwargs), me.pid, ack),
+        node,
+        name,
+        me if link else None,
+        None,
+    )
+    mref = monitor(pid)
+    msg = await receive(
+        lambda m: (_is_tagged(m, "$ack", 4) and m[1] == ack) or (type(m) is Down and m.ref == mref)
+    )
+    if type(msg) is Down:
+        if link:
+            rt_mod.unlink(pid)
+        raise StartError(msg.reason, f"{cls.__name__} exited during init: {msg.reason!r}")
+    if msg[2]:
+        demonitor(mref, flush=True)
+        return pid
+    await receive(lambda m: type(m) is Down and m.ref == mref)
+    reason = msg[3]
+    err = StartError(reason, f"{cls.__name__}.init failed: {reason!r}")
+    if isinstance(reason, BaseException):
+        raise err from reason
+    raise err
+
+
+async def _serve_remote(
+    module: str,
+    qualname: str,
+    args: list[Any],
+    kwargs: dict[str, Any],
+    parent: Pid,
+    ack: Ref,
+) -> None:
+    """A server started from another node: find its class by module path, then serve."""
+    from numbeam.transport import _node
+
+    obj: Any
+    if module == "__main__" and _node.main_loader is not None:
+        obj = _node.main_loader()
+    else:
+        obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    if not (isinstance(obj, type) and issubclass(obj, GenServer)):
+        raise TypeError(f"{module}:{qualname} is not a GenServer subclass")
+    _current.get().fn = obj  # crash reports and process_info name the server class
+    await _serve(obj, tuple(args), kwargs, parent, ack)
 
 
 async def _serve(

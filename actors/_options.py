@@ -53,6 +53,15 @@ class NodeOptions:
             None: no limit but the size of ``/dev/shm``).
         tensor_handles: send tensors to nodes on this host as handles to shared memory;
             False sends their bytes, as to another host (env ``NUMBEAM_TENSOR_HANDLES``).
+        devices: the devices this node drives, each through a worker node of its own:
+            ``"auto"`` (every CUDA device CuPy sees, plus ``fake:0..N-1`` when
+            ``NUMBEAM_FAKE_DEVICES=N``), a list of names such as ``["cuda:0", "fake:0"]``, or
+            ``[]`` for none (env ``NUMBEAM_DEVICES``: ``auto``, or names separated by commas).
+        start_workers: ``"lazy"`` starts a device's worker on first use, ``"eager"`` starts
+            every worker with the node (env ``NUMBEAM_START_WORKERS``).
+        worker_start_timeout: seconds a device worker may take to start (CUDA context
+            creation included); past it, it is started again, and what waited for it is told
+            ``"noconnection"`` (env ``NUMBEAM_WORKER_START_TIMEOUT``).
     """
 
     uvloop: bool = True
@@ -70,6 +79,9 @@ class NodeOptions:
     tensor_threshold: int = 64
     tensor_budget: int | None = None
     tensor_handles: bool = True
+    devices: str | list[str] | tuple[str, ...] | None = "auto"
+    start_workers: str = "lazy"
+    worker_start_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         for name in ("node", "cookie", "cookie_file", "listen"):
@@ -98,6 +110,15 @@ class NodeOptions:
             raise ValueError(f"tensor_budget must be a number of bytes > 0 or None, got {tb!r}")
         if not isinstance(self.tensor_handles, bool):
             raise TypeError(f"tensor_handles must be a bool, got {self.tensor_handles!r}")
+        if self.start_workers not in ("lazy", "eager"):
+            raise ValueError(f"start_workers must be 'lazy' or 'eager', got {self.start_workers!r}")
+        wst = self.worker_start_timeout
+        if not isinstance(wst, (int, float)) or isinstance(wst, bool) or wst <= 0:
+            raise ValueError(f"worker_start_timeout must be a number of seconds > 0, got {wst!r}")
+        if self.devices is not None and not isinstance(self.devices, (str, list, tuple)):
+            raise TypeError(
+                f"devices must be 'auto', a list of device names or [], got {self.devices!r}"
+            )
         if not isinstance(self.uvloop, bool):
             raise TypeError(f"uvloop must be a bool, got {self.uvloop!r}")
         if (
@@ -135,7 +156,11 @@ class NodeOptions:
             if env is None:
                 continue
             try:
-                if f.type == "bool":
+                if name == "devices":
+                    env = env.strip()
+                    names = [d.strip() for d in env.split(",") if d.strip()]
+                    values[name] = "auto" if env == "auto" else names
+                elif f.type == "bool":
                     values[name] = _env_bool(env)
                 elif f.type == "int":
                     values[name] = int(env)

@@ -25,6 +25,8 @@ import contextvars
 import inspect
 import itertools
 import logging
+import os
+import secrets
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -40,6 +42,8 @@ __all__ = [
     "Runtime",
     "cancel_timer",
     "demonitor",
+    "device",
+    "devices",
     "exit",
     "is_alive",
     "link",
@@ -270,6 +274,8 @@ class Runtime:
         self.exit_hooks: list[Callable[[Pid], None]] = []
         # Per-node state of other layers (global names, process groups), by key.
         self.extensions: dict[str, Any] = {}
+        # The devices this node drives (see numbeam.gpu), decided when it starts.
+        self.devices: list[str] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -290,20 +296,37 @@ class Runtime:
         if task is None:
             raise RuntimeError("nb.Runtime must be entered from an asyncio task")
         self._loop = asyncio.get_running_loop()
+        from numbeam.gpu import _devices
         from numbeam.tensors import _memory
 
         # Tensor memory belongs to the OS process, which is this node's alone.
         _memory.configure(
             threshold=self.options.tensor_threshold, budget=self.options.tensor_budget
         )
-        if self.options.node is not None:
+        self.devices = _devices.discover(self.options.devices)
+        if self.options.node is not None or self.devices:
             from numbeam.transport._node import Distribution
 
-            dist = Distribution(self)
+            if self.options.node is not None:
+                # A device worker is a hidden node: it meets no node it is told of.
+                dist = Distribution(self, hidden=_devices.current() != _devices.CPU)
+            else:
+                # A local runtime that drives devices links to its workers over a private
+                # ipc:// endpoint, with a cookie nobody else has: still unreachable.
+                dist = Distribution(
+                    self, name=f"local{os.getpid()}@ipc://", cookie=secrets.token_urlsafe(32)
+                )
             dist.start()
             self.dist = dist
             self.node = dist.name
             self.creation = dist.creation
+        _devices.set_known(self.devices)
+        if self.devices:
+            from numbeam.gpu._workers import Workers
+
+            workers = self.extension("gpu.workers", Workers)
+            if self.options.start_workers == "eager":
+                workers.start_all()
         root = Process(self, self.__aenter__)
         root.task = task
         self._procs[root.pid.id] = root
@@ -338,6 +361,9 @@ class Runtime:
         finally:
             _current.reset(self._token)
             _runtime = None
+            from numbeam.gpu import _devices
+
+            _devices.set_known(None)
         if killed is not None:
             if isinstance(killed, BaseException):
                 raise Stop(killed) from killed
@@ -379,6 +405,9 @@ class Runtime:
             handle.cancel()
         self._timers.clear()
         self._ready.clear()
+        workers = self.extensions.get("gpu.workers")
+        if workers is not None:
+            await workers.close()  # device workers stop once nothing of ours runs there
         if self.dist is not None:
             await self.dist.close()
 
@@ -661,6 +690,7 @@ def spawn(
     *args: Any,
     name: str | None = None,
     node: str | None = None,
+    device: str | None = None,
 ) -> Pid:
     """Start ``fn(*args)`` (an async function) as a new process and return its pid.
 
@@ -672,10 +702,16 @@ def spawn(
             (a module-level function, or a ``"package.module:function"`` string) is imported
             there by module path, and if that fails the new process exits with the error as its
             reason. Arguments must be able to cross (TypeError here if not).
+        device: start it on that device's worker node (``"cuda:0"``, ``"fake:1"``), as a
+            remote spawn; ``"cpu"`` is this node. The pid comes back at once, also while the
+            worker is starting or restarting: the process runs once the worker is up.
+            ValueError names the devices there are if this node has no such device.
     """
     rt = _runtime
     if rt is None:
         raise RuntimeError(_NO_RUNTIME)
+    if device is not None:
+        node = _device_node(rt, device, node)
     if node is not None and node != rt.node:
         return _remote_spawn(rt, fn, args, name, node, None, None)[0]
     if type(fn) is not types.FunctionType or not fn.__code__.co_flags & inspect.CO_COROUTINE:
@@ -688,9 +724,12 @@ def spawn_link(
     *args: Any,
     name: str | None = None,
     node: str | None = None,
+    device: str | None = None,
 ) -> Pid:
     """Spawn ``fn(*args)`` and link it to the calling process, atomically (see `spawn`)."""
     me = _me("nb.spawn_link()")
+    if device is not None:
+        node = _device_node(me.rt, device, node)
     if node is not None and node != me.rt.node:
         return _remote_spawn(me.rt, fn, args, name, node, me, None)[0]
     _check_async_fn(fn, "nb.spawn_link()")
@@ -698,10 +737,15 @@ def spawn_link(
 
 
 def spawn_monitor(
-    fn: Callable[..., Coroutine[Any, Any, Any]] | str, *args: Any, node: str | None = None
+    fn: Callable[..., Coroutine[Any, Any, Any]] | str,
+    *args: Any,
+    node: str | None = None,
+    device: str | None = None,
 ) -> tuple[Pid, Ref]:
     """Spawn ``fn(*args)`` and monitor it from the calling process, atomically (see `spawn`)."""
     me = _me("nb.spawn_monitor()")
+    if device is not None:
+        node = _device_node(me.rt, device, node)
     if node is not None and node != me.rt.node:
         pid, ref = _remote_spawn(me.rt, fn, args, None, node, None, me)
         assert ref is not None
@@ -709,6 +753,50 @@ def spawn_monitor(
     _check_async_fn(fn, "nb.spawn_monitor()")
     proc = me.rt._spawn(fn, args, None, None)  # type: ignore[arg-type]
     return proc.pid, me.rt._monitor(me, proc)
+
+
+def _device_node(rt: Runtime, device: Any, node: str | None) -> str | None:
+    """The node a process pinned to `device` starts on: its worker's, or None for this one
+    (``"cpu"``, or the device of the worker this code runs in)."""
+    from numbeam.gpu import _devices
+
+    kind, _ = _devices.parse_device(device)
+    if node is not None and node != rt.node:
+        raise ValueError(
+            f"give node= or device=, not both: device {device!r} means this node's worker"
+        )
+    if kind == _devices.CPU or device == _devices.current():
+        return None
+    workers = rt.extensions.get("gpu.workers")
+    if workers is None or device not in workers.workers:
+        there = ", ".join(["cpu", *rt.devices])
+        if _devices.current() != _devices.CPU:
+            raise ValueError(
+                f"unknown device {device!r}: this is the worker of {_devices.current()}, which "
+                f"spawns on its own device only (the node that drives the devices spawns on "
+                f"the others)"
+            )
+        raise ValueError(f"unknown device {device!r}; this node has: {there}")
+    return workers.node_for(device)  # type: ignore[no-any-return]
+
+
+def devices() -> list[str]:
+    """This node's devices, in order (``[]`` when it has none); see the node option
+    ``devices``. In a device worker: the devices of the node that drives it."""
+    from numbeam.gpu import _devices
+
+    rt = _rt()
+    if _devices.current() != _devices.CPU:
+        return _devices.known()
+    return list(rt.devices)
+
+
+def device() -> str:
+    """The device the calling code runs on: its worker's device (``"cuda:1"``) inside a
+    process spawned with ``device=``, ``"cpu"`` elsewhere."""
+    from numbeam.gpu import _devices
+
+    return _devices.current()
 
 
 def _remote_spawn(

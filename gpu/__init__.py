@@ -1,1 +1,11 @@
-"""numbeam.gpu: devices (``cuda:N`` through CuPy, ``fake:N`` on the CPU) and per-device workers."""
+"""numbeam.gpu: devices (``cuda:N`` through CuPy, ``fake:N`` on the CPU) and their workers.
+
+A node drives its devices (node option ``devices``) through one worker node per device, a
+child OS process that a supervisor of the node restarts when it dies; processes spawned with
+``device=`` run there. ``nb.devices()`` lists a node's devices, ``nb.device()`` names the one
+the calling code runs on, and `workers` shows each worker.
+"""
+
+from ._workers import workers
+
+__all__ = ["workers"]

@@ -14,7 +14,7 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
-from numbeam import tensors
+from numbeam import gpu, tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -37,6 +37,8 @@ from numbeam.actors import (
     cancel_timer,
     cast,
     demonitor,
+    device,
+    devices,
     exit,
     is_alive,
     is_normal_exit,
@@ -108,12 +110,15 @@ __all__ = [
     "cast",
     "connect",
     "demonitor",
+    "device",
+    "devices",
     "disconnect",
     "exit",
     "global_register",
     "global_registered",
     "global_unregister",
     "global_whereis",
+    "gpu",
     "is_alive",
     "is_normal_exit",
     "link",

@@ -80,6 +80,11 @@ class Child:
             Default: 5.0 for a worker, ``"infinity"`` for a supervisor.
         type: ``"worker"`` or ``"supervisor"``. Default: ``"supervisor"`` when `start` is a
             Supervisor or DynamicSupervisor subclass, else ``"worker"``.
+        node: start the child on that node (``start_link(..., node=node)``, or a remote
+            ``spawn_link``). Default: this node.
+        device: start the child on that device's worker (``"cuda:0"``, ``"fake:1"``);
+            after the worker is restarted, the supervisor restarts the child on the new
+            one. Default: none (this node).
 
     Raises:
         TypeError: `start` is neither kind, or a field has the wrong type.
@@ -93,6 +98,8 @@ class Child:
     restart: Restart = "permanent"
     shutdown: Shutdown | None = None
     type: ChildType | None = None
+    node: str | None = None
+    device: str | None = None
 
     def __post_init__(self) -> None:
         start = self.start
@@ -116,6 +123,15 @@ class Child:
         else:
             kwargs = MappingProxyType(dict(kwargs))
         object.__setattr__(self, "kwargs", kwargs)
+        for where in ("node", "device"):
+            value = getattr(self, where)
+            if value is not None and (not isinstance(value, str) or not value):
+                raise TypeError(f"nb.Child({where}=...) takes a name (a str), got {value!r}")
+        if (self.node is not None or self.device is not None) and kwargs and not is_class:
+            raise TypeError(
+                "nb.Child: a function started on another node or device takes args only "
+                "(its keyword arguments cannot cross), got kwargs"
+            )
         if self.id is None:
             name = getattr(start, "__name__", None)
             if name is None:
@@ -166,9 +182,14 @@ async def start_child_process(spec: Child) -> Pid:
             or whatever else the start raised).
     """
     start = spec.start
+    where = {}
+    if spec.node is not None:
+        where["node"] = spec.node
+    if spec.device is not None:
+        where["device"] = spec.device
     if isinstance(start, type):
         try:
-            pid = await start.start_link(*spec.args, **(spec.kwargs or {}))  # type: ignore[attr-defined]
+            pid = await start.start_link(*spec.args, **where, **(spec.kwargs or {}))  # type: ignore[attr-defined]
         except StartError:
             raise
         except Exception as e:
@@ -180,7 +201,7 @@ async def start_child_process(spec: Child) -> Pid:
             )
         return pid
     fn: Any = functools.partial(start, **spec.kwargs) if spec.kwargs else start
-    return spawn_link(fn, *spec.args)
+    return spawn_link(fn, *spec.args, **where)
 
 
 # OTP's report labels, and how a log line says them.

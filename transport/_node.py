@@ -165,6 +165,7 @@ class Peer:
         "batch",
         "bye_waiter",
         "creation",
+        "deferred",
         "dirty",
         "fd_address",
         "handle",
@@ -208,6 +209,9 @@ class Peer:
         # handles (see Distribution._reencode).
         self.unsent: list[list[Any]] | None = []
         self.unsent_shared = False
+        # A node that is starting (a device worker): what is sent to it waits, and the
+        # connection is opened only when `Distribution.release` says it listens.
+        self.deferred = False
 
 
 class _Incoming:
@@ -228,16 +232,30 @@ class _Incoming:
 
 
 class Distribution:
-    """The distribution layer of one runtime (``rt.dist``), present when ``node=`` is given."""
+    """The distribution layer of one runtime (``rt.dist``), present when ``node=`` is given,
+    or when a local runtime drives devices (then `name` and `cookie` are private ones).
 
-    def __init__(self, rt: Runtime) -> None:
+    A *hidden* node (a device worker, Erlang's ``-hidden``) meets no node it is told of; the
+    names in `hidden` are nodes of ours that `nodes()` does not list and that are introduced
+    to no other node.
+    """
+
+    def __init__(
+        self,
+        rt: Runtime,
+        name: str | None = None,
+        cookie: str | None = None,
+        hidden: bool = False,
+    ) -> None:
         opts = rt.options
         self.rt = rt
         self.opts = opts
-        self.addr = parse_node_name(opts.node, for_bind=True)
+        self.addr = parse_node_name(name or opts.node, for_bind=True)
         self.name = ""
         self.creation = int.from_bytes(os.urandom(4), "big") | 1
-        self.cookie = resolve_cookie(opts.cookie, opts.cookie_file)
+        self.cookie = resolve_cookie(cookie or opts.cookie, opts.cookie_file)
+        self.is_hidden = hidden
+        self.hidden: set[str] = set()
         self.curve = curve_keypair(self.cookie) if opts.curve else None
         self.peers: dict[str, Peer] = {}
         self.incoming: dict[bytes, _Incoming] = {}
@@ -350,7 +368,38 @@ class Distribution:
     # -- public operations -----------------------------------------------------------------
 
     def nodes(self) -> list[str]:
-        return [p.name for p in self.peers.values() if p.state == _UP]
+        hidden = self.hidden
+        return [p.name for p in self.peers.values() if p.state == _UP and p.name not in hidden]
+
+    # -- nodes this one starts (device workers) ------------------------------------------------
+
+    def expect(self, name: str) -> None:
+        """A hidden node of ours named `name` is starting: hold what is sent to it until
+        `release` (it listens) or `lost` (it never will)."""
+        name = parse_node_name(name).name
+        self.hidden.add(name)
+        peer = self.peers.get(name)
+        if peer is None:
+            peer = Peer(parse_node_name(name))
+            peer.deferred = True
+            self.peers[name] = peer
+
+    def release(self, name: str) -> None:
+        """The node `expect` named listens now: connect to it."""
+        peer = self.peers.get(name)
+        if peer is not None and peer.deferred:
+            peer.deferred = False
+            self._start_connect(peer)
+
+    def lost(self, name: str) -> None:
+        """The node `name` is gone for certain (its OS process exited): tell everyone now,
+        without waiting for heartbeats or ZeroMQ to notice."""
+        peer = self.peers.get(name)
+        if peer is not None:
+            self._node_down(peer, "noconnection")
+        else:  # never connected: still, its links and monitors must fire
+            self._fire_noconnection(name, "noconnection")
+        self.hidden.discard(name)
 
     async def connect(self, name: str) -> bool:
         addr = parse_node_name(name)
@@ -458,10 +507,11 @@ class Distribution:
         monitor_by: Process | None,
     ) -> tuple[Pid, Ref | None]:
         """Remote spawn: allocate the pid now, ask `node` to start it, return at once."""
-        module, qualname = _function_path(fn)
         peer = self._peer(parse_node_name(node).name)
         if peer is None:
             raise ValueError(f"cannot spawn on {node!r}: it is this node's own name")
+        # Our device workers can import this program's __main__, as multiprocessing does.
+        module, qualname = _function_path(fn, main_ok=peer.name in self.hidden)
         # The target's creation once the handshake told it; a spawn asked for before that
         # gets creation 0, which the target accepts only within the slot it granted us.
         pid = Pid(peer.name, (peer.slot << SLOT_SHIFT) | next(peer.next_spawn), peer.creation or 0)
@@ -522,8 +572,8 @@ class Distribution:
         return peer
 
     def _start_connect(self, peer: Peer) -> None:
-        if peer.state != _CONNECTING:
-            return  # given up before it started (the node is closing)
+        if peer.state != _CONNECTING or peer.deferred:
+            return  # given up before it started (the node is closing), or not listening yet
         sock = _zmq_context().socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, int(self.opts.shutdown_timeout * 1000))
         sock.setsockopt(zmq.RECONNECT_IVL, -1)  # a lost connection is a lost node, not a retry
@@ -669,10 +719,12 @@ class Distribution:
         peer.waiters.clear()
         if peer.batch.parts or peer.sealed:
             self._mark_dirty(peer)
-        # Transitive connections: meet the nodes it knows, and introduce it to ours.
-        for other in list(self.peers.values()):
-            if other is not peer and other.state == _UP:
-                self._enqueue(other, [OP_NODES, [peer.name]])
+        # Transitive connections: meet the nodes it knows, and introduce it to ours (a
+        # hidden node is introduced to nobody, and meets nobody).
+        if peer.name not in self.hidden:
+            for other in list(self.peers.values()):
+                if other is not peer and other.state == _UP and other.name not in self.hidden:
+                    self._enqueue(other, [OP_NODES, [peer.name]])
         if isinstance(their_nodes, list):
             self._meet(their_nodes)
         for hook in self.node_up_hooks:
@@ -692,6 +744,8 @@ class Distribution:
                 self._enqueue(peer, item)
 
     def _meet(self, names: list[Any]) -> None:
+        if self.is_hidden:
+            return
         for n in names:
             if type(n) is str and n != self.name and n not in self.peers:
                 try:
@@ -1353,8 +1407,12 @@ def _pid(value: Any) -> Pid:
     return value
 
 
-def _function_path(fn: Any) -> tuple[str, str]:
-    """``(module, qualname)`` by which the target node imports `fn`; TypeError if it cannot."""
+def _function_path(fn: Any, main_ok: bool = False) -> tuple[str, str]:
+    """``(module, qualname)`` by which the target node imports `fn`; TypeError if it cannot.
+
+    With `main_ok` (the target is a device worker of ours, which can load this program's
+    script, see `main_loader`), a function of a script run as ``__main__`` is allowed too.
+    """
     if isinstance(fn, str):
         module, sep, qualname = fn.partition(":")
         if not sep or not module or not qualname:
@@ -1371,6 +1429,8 @@ def _function_path(fn: Any) -> tuple[str, str]:
         )
     if mod == "__main__":
         spec = getattr(__import__("__main__"), "__spec__", None)
+        if spec is None and main_ok:
+            return mod, qual
         if spec is None:
             raise TypeError(
                 f"cannot spawn {qual} remotely: it is defined in a script run as __main__, "
@@ -1380,9 +1440,17 @@ def _function_path(fn: Any) -> tuple[str, str]:
     return mod, qual
 
 
+# In a device worker: loads the script its parent runs as __main__ (see numbeam.gpu._worker).
+main_loader: Callable[[], Any] | None = None
+
+
 async def _remote_main(module: str, qualname: str, args: tuple[Any, ...]) -> Any:
     """The body of a remotely spawned process: import the function, then run it."""
-    fn: Any = importlib.import_module(module)
+    fn: Any
+    if module == "__main__" and main_loader is not None:
+        fn = main_loader()
+    else:
+        fn = importlib.import_module(module)
     for part in qualname.split("."):
         fn = getattr(fn, part)
     if not inspect.iscoroutinefunction(fn):
