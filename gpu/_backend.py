@@ -9,6 +9,9 @@ operations, so a fake device runs the same paths as a GPU::
     to_host(buf, off, out)                   copy ``out.nbytes`` bytes at ``off`` into numpy ``out``
     copy(buf, off, nbytes, device) -> buffer a new buffer on ``device`` (same kind) with them
     array(buf, off, shape, dt, readonly)     the device's own array over the bytes, no copy
+    synchronize(buf)                         wait until work queued on the buffer is done
+
+CUDA adds ``from_dlpack``, ``export`` and ``import_handle`` (see `numbeam.gpu._cuda`).
 
 A fake device's buffer is a `Segment` of its own (unnamed shared memory, see
 `numbeam.tensors._memory`), host memory, so its array is numpy and its handles between nodes
@@ -38,6 +41,8 @@ class Backend(Protocol):
     def copy(self, buf: Any, off: int, nbytes: int, device: str) -> Any: ...
 
     def array(self, buf: Any, off: int, shape: tuple[int, ...], dt: Any, readonly: bool) -> Any: ...
+
+    def synchronize(self, buf: Any) -> None: ...
 
 
 def _bytes_of(a: np.ndarray) -> np.ndarray:
@@ -80,6 +85,9 @@ class _Fake:
         if readonly:
             a.flags.writeable = False
         return a
+
+    def synchronize(self, buf: Segment) -> None:
+        pass  # host memory: written when the writes return
 
 
 FAKE = _Fake()

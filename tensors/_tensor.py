@@ -593,8 +593,10 @@ class Builder:
         if arr is None or t is None:
             raise RuntimeError("this builder is frozen already")
         self._array = self._tensor = None
-        if arr.__class__ is np.ndarray:  # (a CuPy array has no read-only flag)
+        if arr.__class__ is np.ndarray:
             arr.flags.writeable = False
+        else:  # CuPy: no read-only flag; the fill's kernels must be done before the bytes go
+            _backend(t.device).synchronize(t._mem)
         if self._inline is not None:
             _set_mem(t, bytes(self._inline))
         return t
