@@ -1,9 +1,10 @@
 """numbeam.tensors: immutable tensor handles whose bytes live in shared memory.
 
-``nb.tensor(data, dtype=None, device=None)`` makes one; `Tensor` is the handle; `Builder` and `build` write a
-new tensor in place; `from_dlpack` imports from any DLPack producer; `stats` reports this
-node's tensor memory. See `_tensor` for the handle, `_memory` for the shared memory and how it
-is freed across processes, `_share` for how handles cross to other nodes on the host.
+``nb.tensor(data, dtype=None, device=None)`` makes one; `Tensor` is the handle; `Builder` and
+`build` write a new tensor in place; `from_dlpack` imports from any DLPack producer; `stats`
+reports this node's tensor memory. See `_tensor` for the handle, `_memory` for the shared
+memory and how it is freed across processes, `_share` for how handles cross to other nodes on
+the host, `numbeam.gpu._backend` for device memory.
 """
 
 from __future__ import annotations
