@@ -1,12 +1,14 @@
-"""The program of a device worker process: ``python -m numbeam.gpu._worker READY_FD``.
+"""The program of a device worker process: ``python -m numbeam.gpu._worker``.
 
-Started by `numbeam.gpu._workers` as a *spare*: it imports what a node needs, then waits for
-one line on stdin, a JSON object naming the device to take over, its node name, the cookie and
-the parent's ``sys.path``. It then makes that device its own (for CUDA: CuPy's current device,
-and its context created), starts a hidden node on the private ``ipc://`` endpoint it was
-given, writes ``ready`` to the pipe READY_FD and serves remote spawns. It stops cleanly when
-its stdin closes: when its parent stops it, and when its parent dies. An empty stdin (a spare
-that was never needed) ends it at once.
+Its stdin is a Unix socket shared with its parent (the control socket). Started by
+`numbeam.gpu._workers` as a *spare*, it imports what a node needs, then waits there for one
+line, a JSON object naming the device to take over, its node name, the cookie, the parent's
+spawn slot and ``sys.path``, which comes with one file descriptor: the socket its parent
+already bound and listens on at the node's ``ipc://`` address. It then makes that device its
+own (for CUDA: CuPy's current device, and its context created), starts a hidden node on that
+socket (ZeroMQ's ``ZMQ_USE_FD``), answers ``ready`` and serves remote spawns. It stops cleanly
+when the control socket closes: when its parent stops it, and when its parent dies. A spare
+that was never needed sees the socket close before any assignment, and ends at once.
 """
 
 from __future__ import annotations
@@ -16,39 +18,47 @@ import json
 import logging
 import os
 import runpy
+import socket
 import sys
 import types
 from collections.abc import Callable
 from typing import Any
 
 from numbeam.gpu import _devices
+from numbeam.transport import _node
 
 import numbeam as nb
 
 
-async def _serve(assignment: dict[str, Any], ready_fd: int) -> None:
+async def _serve(assignment: dict[str, Any], ctl: socket.socket) -> None:
+    from numbeam.actors._runtime import _rt
+
     _devices.set_known(assignment["devices"])
-    os.write(ready_fd, b"ready\n")
-    os.close(ready_fd)
+    dist = _rt().dist
+    assert dist is not None
+    # Pids the parent hands out for this worker before it connects are valid here at once.
+    dist.pre_grant(assignment["parent"], assignment["slot"])
     loop = asyncio.get_running_loop()
-    eof = loop.create_future()
+    ctl.setblocking(False)
+    await loop.sock_sendall(ctl, b"ready\n")
+    while await loop.sock_recv(ctl, 4096):
+        pass  # runs until the parent closes the control socket (or dies)
 
-    def on_stdin() -> None:
-        try:
-            data = os.read(0, 4096)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data and not eof.done():
-            eof.set_result(None)
 
-    os.set_blocking(0, False)
-    loop.add_reader(0, on_stdin)
-    try:
-        await eof
-    finally:
-        loop.remove_reader(0)
+def _read_assignment(ctl: socket.socket) -> tuple[dict[str, Any], int] | None:
+    """The assignment line and the listening socket that comes with it; None at EOF."""
+    data, fds, _, _ = socket.recv_fds(ctl, 1 << 20, 1)
+    if not data:
+        return None
+    buf = bytearray(data)
+    while not buf.endswith(b"\n"):
+        more = ctl.recv(1 << 20)
+        if not more:
+            return None
+        buf += more
+    if len(fds) != 1:
+        raise RuntimeError(f"the assignment came with {len(fds)} descriptors, not 1")
+    return json.loads(buf), fds[0]
 
 
 def _main_loader(path: str) -> Callable[[], types.ModuleType]:
@@ -88,16 +98,16 @@ def _take_device(device: str) -> None:
 
 
 def main() -> int:
-    ready_fd = int(sys.argv[1])
     if os.environ.get("NUMBEAM_WORKER_PRELOAD") == "cupy":
         try:
             import cupy  # noqa: F401
         except ImportError:
             pass
-    line = sys.stdin.buffer.readline()
-    if not line:
+    ctl = socket.socket(fileno=0)  # stdin is our control socket, shared with the parent
+    got = _read_assignment(ctl)
+    if got is None:
         return 0  # a spare that was not needed
-    assignment = json.loads(line)
+    assignment, listen_fd = got
     for p in reversed(assignment["path"]):
         if p not in sys.path:
             sys.path.insert(0, p)
@@ -105,13 +115,12 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING, format=f"{tag} %(levelname)s %(name)s: %(message)s")
     _take_device(assignment["device"])
     if assignment.get("main"):
-        from numbeam.transport import _node
-
         _node.main_loader = _main_loader(assignment["main"])
+    _node.preset_listen_fd = listen_fd
     nb.run(
         _serve,
         assignment,
-        ready_fd,
+        ctl,
         node=assignment["node"],
         cookie=assignment["cookie"],
         devices=[],

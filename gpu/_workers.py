@@ -29,6 +29,7 @@ import json
 import logging
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import time
@@ -40,7 +41,7 @@ from ._devices import parse_device
 if TYPE_CHECKING:
     from numbeam.actors._runtime import Runtime
 
-__all__ = ["Workers", "workers"]
+__all__ = ["Workers", "start", "workers"]
 
 log = logging.getLogger("numbeam.gpu")
 
@@ -54,11 +55,13 @@ class _Worker:
         "device",
         "failures",
         "gen",
+        "listener",
         "node",
         "os_pid",
         "proc",
         "restarts",
         "status",
+        "up",
         "up_since",
     )
 
@@ -66,12 +69,14 @@ class _Worker:
         self.device = device
         self.gen = 0  # incarnations so far
         self.node: str | None = None  # the current incarnation's node name
-        self.proc: asyncio.subprocess.Process | None = None
+        self.listener: socket.socket | None = None  # its address, until a process has it
+        self.proc: _Proc | None = None
         self.os_pid: int | None = None
         self.status = "stopped"
         self.restarts = 0
         self.failures = 0  # incarnations in a row that died before they ran
         self.up_since: float | None = None
+        self.up = asyncio.Event()  # set while an incarnation is running
 
 
 class Workers:
@@ -83,9 +88,9 @@ class Workers:
         self.dist = rt.dist
         self.dir = tempfile.mkdtemp(prefix="numbeam-workers-")
         self.workers = {d: _Worker(d) for d in rt.devices}
-        self.spares: deque[asyncio.subprocess.Process] = deque()
-        self.spares_starting = 0
+        self.spares: deque[_Proc] = deque()
         self.tasks: set[asyncio.Task[Any]] = set()
+        self.spare_tasks: set[asyncio.Task[Any]] = set()  # (a subset of tasks)
         self.closing = False
         self.preload = "cupy" if any(d.startswith("cuda:") for d in rt.devices) else ""
         self.dist.node_up_hooks.append(self._node_up)
@@ -107,6 +112,14 @@ class Workers:
         assert w.node is not None
         return w.node
 
+    async def wait_running(self, devices: list[str], timeout: float | None) -> None:
+        """Start the workers of `devices` if they are not, and wait until all run."""
+        for d in devices:
+            self.node_for(d)
+        waits = [self.workers[d].up.wait() for d in devices]
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*waits)
+
     def info(self) -> dict[str, dict[str, Any]]:
         return {
             d: {
@@ -119,26 +132,32 @@ class Workers:
         }
 
     async def close(self) -> None:
-        """Stop every worker and spare: close their stdin, wait (bounded), then kill."""
+        """Stop every worker and spare: close their control sockets (a worker then stops
+        cleanly), wait (bounded), then kill what is left."""
         self.closing = True
         with contextlib.suppress(ValueError):
             self.dist.node_up_hooks.remove(self._node_up)
+        if self.spare_tasks:  # a spare being started: let it start, then it is stopped
+            await asyncio.wait(list(self.spare_tasks), timeout=self.rt.options.shutdown_timeout)
         procs = list(self.spares)
+        for p in procs:  # a spare holds nothing yet: no need to wait for it
+            p.kill()
         for w in self.workers.values():
+            if w.listener is not None:
+                w.listener.close()
+                w.listener = None
             if w.node is not None and w.status != "running":
                 self.dist.lost(w.node)  # what waits for it will not be sent
             if w.proc is not None:
                 procs.append(w.proc)
             w.status = "stopped"
         for p in procs:
-            _close_stdin(p)
-        waits = [asyncio.ensure_future(p.wait()) for p in procs]
+            p.close()
+        waits = [asyncio.ensure_future(p.proc.wait()) for p in procs]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=self.rt.options.shutdown_timeout)
             for p in procs:
-                if p.returncode is None:
-                    with contextlib.suppress(ProcessLookupError):
-                        p.kill()
+                p.kill()
             if pending:
                 await asyncio.wait(pending, timeout=5.0)
         for t in list(self.tasks):
@@ -152,50 +171,65 @@ class Workers:
     # -- incarnations ------------------------------------------------------------------------
 
     def _launch(self, w: _Worker, delay: float = 0.0) -> None:
-        """Name a new incarnation of `w` (what is sent to it waits), then start it."""
+        """Name a new incarnation of `w` and make its address exist, then start it.
+
+        The incarnation's ipc:// socket is bound and listening here and now, before any
+        process owns it, and handed to the worker (ZeroMQ's ``ZMQ_USE_FD``): so its pids,
+        handed out from this moment, are reachable from any node at once; a connection
+        waits in the kernel's backlog until the worker takes it. This node itself holds what
+        it sends there (`Distribution.expect`) until the worker says it is ready.
+        """
         kind, index = parse_device(w.device)
         w.gen += 1
         short = f"{kind}{index}-{w.gen}-{os.getpid()}"
-        w.node = node = f"{short}@ipc://{self.dir}/{kind}{index}-{w.gen}.sock"
+        path = f"{self.dir}/{kind}{index}-{w.gen}.sock"
+        if w.listener is not None:
+            w.listener.close()
+        w.listener = listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(128)
+        w.node = node = f"{short}@ipc://{path}"
         w.status = "starting" if w.gen == 1 else "restarting"
         w.proc = None
         w.os_pid = None
         w.up_since = None
-        self.dist.expect(node)
-        self._task(self._run(w, node, delay))
+        w.up.clear()
+        slot = self.dist.expect(node)
+        self._task(self._run(w, node, slot, listener, delay))
 
-    def _task(self, coro: Any) -> None:
+    def _task(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        return task
 
-    async def _run(self, w: _Worker, node: str, delay: float) -> None:
+    async def _run(
+        self, w: _Worker, node: str, slot: int, listener: socket.socket, delay: float
+    ) -> None:
         """Start the incarnation `node` of `w`, then watch it until its process exits."""
-        if delay:
-            await asyncio.sleep(delay)
         proc = None
         try:
+            if delay:
+                await asyncio.sleep(delay)
             proc = await self._take_spare()
             if w.node != node or self.closing:
-                _close_stdin(proc)
+                proc.close()
                 return
-            w.proc, w.os_pid = proc, proc.pid
-            assert proc.stdin is not None
-            proc.stdin.write(json.dumps(self._assignment(w.device, node)).encode() + b"\n")
-            await proc.stdin.drain()
-            ready_fd = _ready_fds.pop(proc.pid)
-            try:
-                line = await asyncio.wait_for(
-                    _read_line(ready_fd), self.rt.options.worker_start_timeout
-                )
-            finally:
-                os.close(ready_fd)
+            w.proc, w.os_pid = proc, proc.proc.pid
+            assignment = json.dumps(self._assignment(w.device, node, slot)).encode() + b"\n"
+            socket.send_fds(proc.ctl, [assignment], [listener.fileno()])
+            listener.close()  # (the worker has its own copy now)
+            if w.listener is listener:
+                w.listener = None
+            line = await asyncio.wait_for(
+                _read_line(proc.ctl), self.rt.options.worker_start_timeout
+            )
             if not line.startswith(b"ready"):
-                raise RuntimeError(f"it said {line!r}")
-        except (OSError, RuntimeError, TimeoutError, ConnectionError) as e:
+                raise RuntimeError(f"it said {line!r}" if line else "it exited")
+        except (OSError, RuntimeError, TimeoutError) as e:
             if w.node == node and not self.closing:
                 log.error("device %s: its worker did not start: %s", w.device, e or type(e))
-                if proc is not None and proc.returncode is None:
+                if proc is not None:
                     proc.kill()
                 self._lost(w, node, "did not start")
             if proc is None:
@@ -203,8 +237,13 @@ class Workers:
         else:
             if w.node == node and not self.closing:
                 self.dist.release(node)  # connect: it listens now
+        finally:
+            listener.close()
         self._refill()
-        code = await proc.wait()
+        try:
+            code = await proc.proc.wait()
+        finally:
+            proc.close()
         if w.node == node and not self.closing:
             self._lost(w, node, f"exit status {code}")
 
@@ -213,10 +252,8 @@ class Workers:
         monitors fire (a supervisor restarting a pinned child then reaches the new one)."""
         if w.node != node or self.closing:
             return
-        proc = w.proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()  # a worker whose link is lost is of no use: it starts again
+        if w.proc is not None:
+            w.proc.kill()  # a worker whose link is lost is of no use: it starts again
         ran = w.status == "running"
         w.failures = 0 if ran else w.failures + 1
         w.restarts += 1
@@ -239,6 +276,7 @@ class Workers:
             if w.node == name:
                 w.status = "running"
                 w.up_since = time.monotonic()
+                w.up.set()
                 log.info("device %s: worker %s running (os pid %s)", w.device, name, w.os_pid)
 
     def _node_down(self, name: str) -> None:
@@ -248,13 +286,14 @@ class Workers:
 
     # -- spares ------------------------------------------------------------------------------
 
-    def _assignment(self, device: str, node: str) -> dict[str, Any]:
+    def _assignment(self, device: str, node: str, slot: int) -> dict[str, Any]:
         opts = self.rt.options
         return {
             "device": device,
             "devices": list(self.rt.devices),
             "node": node,
             "parent": self.dist.name,
+            "slot": slot,  # the spawn slot of our pids there
             "cookie": self.dist.cookie.decode(),  # (a cookie file holds text)
             "path": [p for p in sys.path if isinstance(p, str)],
             "main": _main_path(),
@@ -271,33 +310,31 @@ class Workers:
             },
         }
 
-    async def _take_spare(self) -> asyncio.subprocess.Process:
+    async def _take_spare(self) -> _Proc:
         while self.spares:
             proc = self.spares.popleft()
-            if proc.returncode is None:
+            if proc.proc.returncode is None:
                 return proc
-            _ready_fds.pop(proc.pid, None)
-        return await _start_spare(self.preload)
+            proc.close()
+        return await _Proc.start(self.preload)
 
     def _refill(self) -> None:
-        if self.closing or len(self.spares) + self.spares_starting >= _SPARES:
+        if self.closing or len(self.spares) + len(self.spare_tasks) >= _SPARES:
             return
-        self.spares_starting += 1
-        self._task(self._add_spare())
+        task = self._task(self._add_spare())
+        self.spare_tasks.add(task)
+        task.add_done_callback(self.spare_tasks.discard)
 
     async def _add_spare(self) -> None:
         try:
-            proc = await _start_spare(self.preload)
+            proc = await _Proc.start(self.preload)
         except OSError as e:
             log.error("devices: could not start a spare worker process: %s", e)
             return
-        finally:
-            self.spares_starting -= 1
         if self.closing:
-            _close_stdin(proc)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
+            proc.kill()
+            proc.close()
+            await proc.proc.wait()
             return
         self.spares.append(proc)
 
@@ -311,64 +348,77 @@ def _main_path() -> str | None:
     return os.path.abspath(path)
 
 
-# The read end of each started process's ready pipe, by OS pid, until it is taken.
-_ready_fds: dict[int, int] = {}
+class _Proc:
+    """A worker process (a spare until it takes over a device) and our end of its control
+    socket, which is its stdin: the assignment and the listening socket go down it, its
+    ``ready`` comes back up, and closing it stops the worker."""
 
+    __slots__ = ("ctl", "proc")
 
-async def _start_spare(preload: str) -> asyncio.subprocess.Process:
-    r, w = os.pipe()
-    os.set_inheritable(w, True)
-    env = dict(os.environ)
-    env["NUMBEAM_WORKER_PRELOAD"] = preload
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "numbeam.gpu._worker",
-            str(w),
-            stdin=asyncio.subprocess.PIPE,
-            pass_fds=(w,),
-            env=env,
-            # Its own session: a Ctrl-C meant for this program is not its worker's to get;
-            # the worker stops when its stdin closes.
-            start_new_session=True,
-        )
-    except BaseException:
-        os.close(r)
-        raise
-    finally:
-        os.close(w)
-    _ready_fds[proc.pid] = r
-    return proc
+    def __init__(self, proc: asyncio.subprocess.Process, ctl: socket.socket) -> None:
+        self.proc = proc
+        self.ctl = ctl
 
-
-def _close_stdin(proc: asyncio.subprocess.Process) -> None:
-    if proc.stdin is not None:
-        with contextlib.suppress(Exception):
-            proc.stdin.close()
-
-
-async def _read_line(fd: int) -> bytes:
-    """One line from the pipe `fd` (b"" if it closes first), without blocking the loop."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    buf = bytearray()
-    while True:
-        fut: asyncio.Future[None] = loop.create_future()
-        loop.add_reader(fd, lambda f=fut: f.done() or f.set_result(None))  # type: ignore[misc]
+    @classmethod
+    async def start(cls, preload: str) -> _Proc:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        env = dict(os.environ)
+        env["NUMBEAM_WORKER_PRELOAD"] = preload
         try:
-            await fut
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "numbeam.gpu._worker",
+                stdin=theirs.fileno(),
+                env=env,
+                # Its own session: a Ctrl-C meant for this program is not its worker's to
+                # get; the worker stops when its control socket closes.
+                start_new_session=True,
+            )
+        except BaseException:
+            ours.close()
+            raise
         finally:
-            loop.remove_reader(fd)
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            continue
+            theirs.close()
+        ours.setblocking(False)
+        return cls(proc, ours)
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+
+    def close(self) -> None:
+        self.ctl.close()
+
+
+async def _read_line(sock: socket.socket) -> bytes:
+    """One line from `sock` (b"" if it closes first)."""
+    loop = asyncio.get_running_loop()
+    buf = bytearray()
+    while b"\n" not in buf:
+        chunk = await loop.sock_recv(sock, 4096)
         if not chunk:
-            return bytes(buf)
+            return b""
         buf += chunk
-        if b"\n" in buf:
-            return bytes(buf.split(b"\n", 1)[0])
+    return bytes(buf.split(b"\n", 1)[0])
+
+
+async def start(devices: list[str] | None = None, timeout: float | None = 60.0) -> dict[str, Any]:
+    """Start the workers of `devices` (default: all of this node's) if they are not running,
+    wait until they all run, and return `workers()`. Not needed before spawning on a device
+    (a spawn waits for its worker); useful to pay the start-up cost at a moment of your
+    choosing. TimeoutError if they are not all up within `timeout` seconds."""
+    from numbeam.actors._runtime import _device_node, _rt
+
+    rt = _rt()
+    wanted = list(rt.devices) if devices is None else list(devices)
+    for d in wanted:
+        _device_node(rt, d, None)  # ValueError for a device this node does not have
+    ext = rt.extensions.get("gpu.workers")
+    if ext is not None and wanted:
+        await ext.wait_running(wanted, timeout)
+    return workers()
 
 
 def workers() -> dict[str, dict[str, Any]]:

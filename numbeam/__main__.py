@@ -1,4 +1,4 @@
-"""The ``numbeam`` command: ``--version``, ``demo``, ``node`` and ``ping``.
+"""The ``numbeam`` command: ``--version``, ``demo``, ``node``, ``ping`` and ``devices``.
 
 The library only attaches a NullHandler to the "numbeam" logger, so that an application decides
 where crash reports go; this command is such an application, and configures logging for what
@@ -11,6 +11,10 @@ its ready line and ``ping``'s only ``pong`` or ``pang``, so scripts can read the
 stderr. The cookie comes from the node options: ``NUMBEAM_COOKIE``, ``--cookie-file`` (or
 ``NUMBEAM_COOKIE_FILE``), else ``~/.numbeam.cookie``; there is no ``--cookie``, since a
 command line is visible to every user of the machine.
+
+``numbeam devices`` lists the devices a node would drive (``devices="auto"``: CUDA through
+CuPy, plus ``NUMBEAM_FAKE_DEVICES``); with ``--start`` it starts one worker per device, waits
+until each runs, prints them, and stops them.
 """
 
 from __future__ import annotations
@@ -71,7 +75,40 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
         options["curve"] = True
     if getattr(args, "listen", None) is not None:
         options["listen"] = args.listen
+    devices = getattr(args, "devices", None)
+    if devices is not None:
+        options["devices"] = "auto" if devices == "auto" else [d for d in devices.split(",") if d]
     return options
+
+
+def _describe(device: str) -> str:
+    kind, index = nb.gpu._devices.parse_device(device)
+    if kind == "fake":
+        return "fake device (CPU-backed, shared memory of its own)"
+    import cupy  # type: ignore[import-not-found]  # (a cuda device: CuPy found it)
+
+    props = cupy.cuda.runtime.getDeviceProperties(index)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+    return f"{name}, {props['totalGlobalMem'] / 2**30:.1f} GiB"
+
+
+async def _devices(start: bool, timeout: float) -> int:
+    found = nb.devices()
+    if not found:
+        print("no devices (no CUDA device visible; set NUMBEAM_FAKE_DEVICES=N for fake ones)")
+        return 0
+    if not start:
+        for d in found:
+            print(f"{d}\t{_describe(d)}")
+        return 0
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    workers = await nb.gpu.start(timeout=timeout)
+    took = loop.time() - t0
+    for d, w in workers.items():
+        print(f"{d}\t{w['status']}\tos pid {w['os_pid']}\t{w['node']}\t{_describe(d)}")
+    print(f"{len(workers)} worker(s) running after {took:.2f} s")
+    return 0
 
 
 async def _serve() -> None:
@@ -164,6 +201,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="S",
         help="seconds to wait for an answer (default: 5)",
     )
+    node.add_argument(
+        "--devices",
+        metavar="LIST",
+        help="the devices this node drives: auto (CUDA devices, plus NUMBEAM_FAKE_DEVICES), a "
+        "comma-separated list such as cuda:0,fake:0, or '' for none (default: auto)",
+    )
+
+    devices = commands.add_parser(
+        "devices",
+        help="list the devices a node here would drive; --start starts their workers",
+        description="List the devices a node on this machine drives with devices='auto': every "
+        "CUDA device CuPy sees, plus fake:0..N-1 when NUMBEAM_FAKE_DEVICES=N. With --start, "
+        "start one worker node per device, wait until each runs, print them, and stop them.",
+    )
+    devices.add_argument("--start", action="store_true", help="start and show the workers")
+    devices.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=60.0,
+        metavar="S",
+        help="seconds to wait for the workers to start (default: 60)",
+    )
     args = parser.parse_args(argv)
 
     if args.command is None:
@@ -186,6 +245,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         runpy.run_path(str(DEMO), run_name="__main__")
         return 0
 
+    if args.command == "devices":
+        try:
+            return nb.run(_devices, args.start, args.timeout)  # type: ignore[no-any-return]
+        except _STARTUP_ERRORS as e:
+            _report("devices", e, args.verbose)
+            return 1
+        except TimeoutError:
+            print(
+                f"numbeam devices: workers not all running after {args.timeout} s", file=sys.stderr
+            )
+            return 1
+
     options = _node_options(args)
     if args.command == "node":
         sys.path[:0] = [os.path.abspath(d) for d in args.path]
@@ -200,7 +271,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         throwaway = f"ping{os.getpid()}@127.0.0.1:0"
-        ok = nb.run(_ping, args.name, args.timeout, node=throwaway, **options)
+        ok = nb.run(_ping, args.name, args.timeout, node=throwaway, devices=[], **options)
     except _STARTUP_ERRORS as e:
         _report("ping", e, args.verbose)
         return 2

@@ -42,6 +42,7 @@ import itertools
 import logging
 import os
 import random
+import sys
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -49,6 +50,7 @@ from typing import TYPE_CHECKING, Any
 import msgpack
 import zmq
 from numbeam.actors._types import Down, NodeDown, Pid, Ref, RemoteError
+from numbeam.gpu import _devices
 from numbeam.tensors._share import FdChannel, same_host
 from zmq.utils.monitor import parse_monitor_message
 
@@ -118,6 +120,7 @@ _HEADERS = [bytes((0x90 | n,)) for n in range(16)]  # arrays of up to 15 items
 OP_SEND, OP_SEND_NAME, OP_LINK, OP_UNLINK, OP_EXIT, OP_MONITOR, OP_DEMONITOR = range(7)
 OP_DOWN, OP_SPAWN, OP_REPLY, OP_NODES, OP_BYE = range(7, 12)
 OP_USER = 20  # first code for registered handlers (global names, process groups)
+OP_CUDA_RELEASE = 40  # [op, payload]: an importer let go of CUDA buffers (numbeam.gpu._cuda)
 
 _CONNECTING, _UP, _DOWN = 0, 1, 2
 
@@ -262,6 +265,7 @@ class Distribution:
         self.slots: dict[int, str] = {}  # spawn slot -> the node it was granted to
         self.slot_seen: dict[int, int] = {}  # spawn slot -> highest n spawned so far
         self.used_slots: set[int] = set()  # never granted twice in one incarnation
+        self.pre_granted: dict[int, str] = {}  # slots granted before the node connects
         self.pending_spawn: dict[int, list[tuple[str, list[Any]]]] = {}
         self.node_monitors: dict[str, list[Pid]] = {}
         self.handlers: dict[int, Callable[[str, list[Any]], None]] = {}
@@ -281,6 +285,26 @@ class Distribution:
         self._closing = False
         install_global_names(rt, self)
         install_process_groups(rt, self)
+        self._install_cuda_ledger()
+
+    def _install_cuda_ledger(self) -> None:
+        """CUDA memory shared by IPC handles: the kernel does not count importers, so an
+        importer tells the owner when it lets go (OP_CUDA_RELEASE), and a node that goes
+        down lets go of everything (see numbeam.gpu._cuda)."""
+        self.register_handler(OP_CUDA_RELEASE, _on_cuda_release)
+        self.node_down_hooks.append(_forget_cuda_node)
+        if any(d.startswith("cuda:") for d in [*self.rt.devices, _devices.current()]):
+            from numbeam.gpu import _cuda
+
+            loop_send = self.send_op
+
+            def send_release(node: str | None, payload: list[Any]) -> None:
+                # (from a buffer's finalizer, in any thread: hand it to the loop)
+                if node is not None and not self._closing:
+                    with contextlib.suppress(RuntimeError):  # the loop is closed
+                        self.loop.call_soon_threadsafe(loop_send, node, [OP_CUDA_RELEASE, payload])
+
+            _cuda.set_release_sender(send_release)
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -297,6 +321,11 @@ class Distribution:
         if self.curve is not None:
             r.curve_server = True
             r.curve_secretkey = self.curve[1]
+        global preset_listen_fd
+        if preset_listen_fd is not None:
+            # A device worker: its parent bound and listens on our ipc:// address already.
+            r.setsockopt(zmq.USE_FD, preset_listen_fd)
+            preset_listen_fd = None
         try:
             r.bind(self.addr.bind_endpoint(self.opts.listen))
         except zmq.ZMQError as e:
@@ -373,9 +402,10 @@ class Distribution:
 
     # -- nodes this one starts (device workers) ------------------------------------------------
 
-    def expect(self, name: str) -> None:
+    def expect(self, name: str) -> int:
         """A hidden node of ours named `name` is starting: hold what is sent to it until
-        `release` (it listens) or `lost` (it never will)."""
+        `release` (it listens) or `lost` (it never will). Returns the spawn slot our pids
+        there will have, for the node to `pre_grant`."""
         name = parse_node_name(name).name
         self.hidden.add(name)
         peer = self.peers.get(name)
@@ -383,6 +413,16 @@ class Distribution:
             peer = Peer(parse_node_name(name))
             peer.deferred = True
             self.peers[name] = peer
+        return peer.slot
+
+    def pre_grant(self, node: str, slot: int) -> None:
+        """Grant `node` the spawn slot `slot` before it connects (it started us, and chose
+        the slot): operations other nodes send to pids it spawns here are held until its
+        spawn requests arrive, even if they come before it does."""
+        self.pre_granted[slot] = node
+        self.slots[slot] = node
+        self.slot_seen[slot] = 0
+        self.used_slots.add(slot)
 
     def release(self, name: str) -> None:
         """The node `expect` named listens now: connect to it."""
@@ -864,6 +904,7 @@ class Distribution:
         if peer.fd_address is None:
             enc.handle_seq = None
         else:
+            enc.peer = peer.name  # (CUDA handles record which node imports them)
             token = batch.token
             if token is None:
                 chan = self.fdchan
@@ -1186,14 +1227,14 @@ class Distribution:
         for other_ident, other in list(self.incoming.items()):
             if other.name == inc.name and other_ident != ident:
                 self._forget_incoming(other_ident, other)
-        if inc.slot in self.used_slots:
+        if inc.slot in self.used_slots and self.pre_granted.pop(inc.slot, None) != inc.name:
             del self.incoming[ident]
             self._router_send(ident, ["denied", "slot"])
             return
         inc.authed = True
         self.slots[inc.slot] = inc.name
         self.used_slots.add(inc.slot)
-        self.slot_seen[inc.slot] = 0
+        self.slot_seen.setdefault(inc.slot, 0)
         fdchan = self.fdchan
         if fdchan is not None and self.host is not None:
             found = same_host(self.host, host)
@@ -1213,6 +1254,7 @@ class Distribution:
     def _on_batch(self, inc: _Incoming, body: bytes, extra: list[Any]) -> None:
         try:
             self.decoder.claim = inc.claim
+            self.decoder.peer = inc.name
             items = self.decoder.decode(body, extra)
             if type(items) is not list:
                 raise WireError("a batch must be an array of operations")
@@ -1442,6 +1484,9 @@ def _function_path(fn: Any, main_ok: bool = False) -> tuple[str, str]:
 
 # In a device worker: loads the script its parent runs as __main__ (see numbeam.gpu._worker).
 main_loader: Callable[[], Any] | None = None
+# In a device worker: the listening socket its parent made for its address, which the next
+# node started here binds (ZMQ_USE_FD) instead of a socket of its own.
+preset_listen_fd: int | None = None
 
 
 async def _remote_main(module: str, qualname: str, args: tuple[Any, ...]) -> Any:
@@ -1460,6 +1505,19 @@ async def _remote_main(module: str, qualname: str, args: tuple[Any, ...]) -> Any
 
 async def _fail(error: BaseException) -> None:
     raise error
+
+
+def _on_cuda_release(src: str, item: list[Any]) -> None:
+    from numbeam.gpu import _cuda
+
+    if len(item) == 2:
+        _cuda.release(src, item[1])
+
+
+def _forget_cuda_node(name: str) -> None:
+    cuda = sys.modules.get("numbeam.gpu._cuda")
+    if cuda is not None:
+        cuda.forget_node(name)
 
 
 __all__ = ["Distribution", "Peer"]
