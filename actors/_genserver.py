@@ -18,6 +18,7 @@ as the reason (and a crash report). An exit signal from the parent (the process 
 
 from __future__ import annotations
 
+import inspect
 import logging
 from typing import Any, Final, TypeVar
 
@@ -104,7 +105,22 @@ class GenServer:
 
     @classmethod
     async def start_link(cls: type[S], *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
-        """Start the server linked to the caller; wait for `init`. See the class docstring."""
+        """Start the server linked to the caller and wait until its `init` has returned.
+
+        Args:
+            *args, **kwargs: passed to ``init(*args, **kwargs)`` in the new process; they
+                are checked against `init`'s signature first, here.
+            name: register the server under this name.
+
+        Returns:
+            The new server's pid.
+
+        Raises:
+            TypeError: the arguments do not fit `init`'s signature (an unknown keyword is
+                named); no process is started.
+            nb.StartError: `init` raised or stopped (``.reason`` says why), or the name is
+                taken (``("already_started", pid)``).
+        """
         return await _start(cls, args, kwargs, name, link=True)
 
     @classmethod
@@ -124,6 +140,7 @@ async def _start(
     if not (isinstance(cls, type) and issubclass(cls, GenServer)):
         raise TypeError(f"start_link needs a GenServer subclass, got {cls!r}")
     me = _me(f"{cls.__name__}.start_link()")
+    _check_init_args(cls, args, kwargs)
     rt = me.rt
     if name is not None:
         taken = rt._names.get(name) if type(name) is str else None
@@ -150,6 +167,26 @@ async def _start(
     if isinstance(reason, BaseException):
         raise err from reason
     raise err
+
+
+def _check_init_args(cls: type[GenServer], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """TypeError, before any process starts, when `init` cannot take these arguments."""
+    init = cls.init
+    if init is GenServer.init:
+        if args or kwargs:
+            raise TypeError(
+                f"{cls.__name__}.start_link() got start arguments {args!r} {kwargs!r}, but "
+                f"{cls.__name__} does not define init() to take them"
+            )
+        return
+    try:
+        sig = inspect.signature(init)
+    except (TypeError, ValueError):  # no signature to check (a C function): init will tell
+        return
+    try:
+        sig.bind(None, *args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{cls.__name__}.start_link(): init() {e}") from None
 
 
 async def _serve(
