@@ -14,7 +14,16 @@ import zmq.asyncio
 from conftest import node_runtime
 from numbeam.transport._cookie import new_nonce, sign
 from numbeam.transport._gate import ZAP_ENDPOINT, credentials
-from numbeam.transport._node import MAGIC, OP_EXIT, OP_LINK, OP_SEND, OP_SPAWN
+from numbeam.transport._node import (
+    MAGIC,
+    MAX_HELD,
+    OP_EXIT,
+    OP_LINK,
+    OP_SEND,
+    OP_SPAWN,
+    SLOT_SHIFT,
+    _array_header,
+)
 from numbeam.transport._wire import Encoder
 
 import numbeam as nb
@@ -236,3 +245,36 @@ async def test_nothing_is_sent_to_a_node_before_its_handshake_completes():
         await asyncio.wait([zap], timeout=T)
         server.close(0)
         ctx.term()
+
+
+async def test_operations_held_for_pids_never_spawned_are_bounded_per_peer(caplog):
+    """A peer may address pids of its spawn range before their spawn arrives; they are held,
+    but at most MAX_HELD per peer: past it they meet no process, and that is logged."""
+    caplog.set_level(logging.WARNING, logger="numbeam")
+    ctx = zmq.asyncio.Context()
+    zap = asyncio.ensure_future(_accept_every_connection(ctx))
+    try:
+        async with node_runtime(connect_timeout=60.0) as rt:
+            me = nb.self()
+            evil, lair = await _authenticated_dealer(ctx, nb.node())  # spawn slot 4242
+            enc = Encoder()
+            total = MAX_HELD + 2000
+            for start in range(1, total + 1, 1000):
+                parts = [
+                    enc.encode([OP_SEND, (4242 << SLOT_SHIFT) | n, 0, "held"], [])
+                    for n in range(start, min(start + 1000, total + 1))
+                ]
+                await evil.send(_array_header(len(parts)) + b"".join(parts))
+            # On the same connection, after them: once this arrives, all were handled.
+            await evil.send(b"\x91" + enc.encode([OP_SEND, me.id, me.creation, "done"], []))
+            assert await nb.receive(lambda m: m == "done", timeout=T) == "done"
+            assert sum(len(v) for v in rt.dist.pending_spawn.values()) == MAX_HELD
+            assert rt.dist.held == {"mallory@" + lair.last_endpoint.decode()[6:]: MAX_HELD}
+            for s in (evil, lair):
+                s.close(0)
+    finally:
+        zap.cancel()
+        await asyncio.wait([zap], timeout=T)
+        ctx.term()
+    assert f"past {MAX_HELD} held for pids not spawned yet" in caplog.text
+    assert caplog.text.count("held for pids") <= 2  # aggregated, not one line per operation
