@@ -1,4 +1,4 @@
-"""GenServer start, call, cast, reply and info (DESIGN.md "OTP behaviours").
+"""GenServer start, call, cast, reply and info (docs/architecture.md "OTP behaviours").
 
 One behaviour per test, named for it, in the spirit of OTP's gen_server_SUITE. Every test
 runs its own node; waits are bounded and synchronised on messages and monitors, never sleeps.
