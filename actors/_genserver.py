@@ -19,6 +19,7 @@ as the reason (and a crash report). An exit signal from the parent (the process 
 from __future__ import annotations
 
 import importlib
+import inspect
 import logging
 from typing import Any, Final, TypeVar
 
@@ -114,12 +115,26 @@ class GenServer:
         device: str | None = None,
         **kwargs: Any,
     ) -> Pid:
-        """Start the server linked to the caller; wait for `init`. See the class docstring.
+        """Start the server linked to the caller and wait until its `init` has returned.
 
-        ``*args`` and ``**kwargs`` go to `init`. ``name`` registers the server (on the node
-        it runs on). ``node=`` starts it on another node, ``device=`` on a device's worker
-        (``"cuda:0"``, ``"fake:1"``); the class is imported there by module path, and its
-        arguments must be able to cross (TypeError if not).
+        Args:
+            *args, **kwargs: passed to ``init(*args, **kwargs)`` in the new process; they
+                are checked against `init`'s signature first, here.
+            name: register the server under this name (on the node it runs on).
+            node: start it on that node instead; the class is imported there by module
+                path, and its arguments must be able to cross (TypeError if not).
+            device: start it on that device's worker (``"cuda:0"``, ``"fake:1"``), as for
+                `node`.
+
+        Returns:
+            The new server's pid.
+
+        Raises:
+            TypeError: the arguments do not fit `init`'s signature (an unknown keyword is
+                named); no process is started.
+            ValueError: this node has no such device.
+            nb.StartError: `init` raised or stopped (``.reason`` says why), or the name is
+                taken (``("already_started", pid)``).
         """
         return await _start(cls, args, kwargs, name, True, node, device)
 
@@ -153,6 +168,7 @@ async def _start(
     if not (isinstance(cls, type) and issubclass(cls, GenServer)):
         raise TypeError(f"start_link needs a GenServer subclass, got {cls!r}")
     me = _me(f"{cls.__name__}.start_link()")
+    _check_init_args(cls, args, kwargs)
     rt = me.rt
     if device is not None:
         node = _device_node(rt, device, node)
@@ -255,6 +271,26 @@ async def _serve_remote(
         raise TypeError(f"{module}:{qualname} is not a GenServer subclass")
     _current.get().fn = obj  # crash reports and process_info name the server class
     await _serve(obj, tuple(args), kwargs, parent, ack)
+
+
+def _check_init_args(cls: type[GenServer], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """TypeError, before any process starts, when `init` cannot take these arguments."""
+    init = cls.init
+    if init is GenServer.init:
+        if args or kwargs:
+            raise TypeError(
+                f"{cls.__name__}.start_link() got start arguments {args!r} {kwargs!r}, but "
+                f"{cls.__name__} does not define init() to take them"
+            )
+        return
+    try:
+        sig = inspect.signature(init)
+    except (TypeError, ValueError):  # no signature to check (a C function): init will tell
+        return
+    try:
+        sig.bind(None, *args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"{cls.__name__}.start_link(): init() {e}") from None
 
 
 async def _serve(

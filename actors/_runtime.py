@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import secrets
+import traceback
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
@@ -210,7 +211,28 @@ class Process:
             else:
                 reason = exc
                 self.rt._crash_report(self, exc)
+                # Reported with its full traceback; from now on the exception is only an exit
+                # reason, which must not keep the dead process's locals (its tensors) alive.
+                _clear_frames(exc)
         self.rt._exit(self, reason)
+
+
+def _clear_frames(exc: BaseException) -> None:
+    """Drop the local variables of every frame in `exc`'s traceback, and in those of the
+    exceptions it was raised from, so reference counting frees them now rather than the cyclic
+    garbage collector later. File names and line numbers stay: it still formats."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        traceback.clear_frames(e.__traceback__)
+        todo.append(e.__cause__)
+        todo.append(e.__context__)
+        if isinstance(e, BaseExceptionGroup):
+            todo.extend(e.exceptions)
 
 
 def _is_async_fn(fn: Any) -> bool:

@@ -22,9 +22,11 @@ from numbeam.actors import (
     Exit,
     GenServer,
     Pid,
+    TimerRef,
     cast,
     is_normal_exit,
     process_info,
+    send_after,
     trap_exit,
 )
 from numbeam.actors import self as _self
@@ -35,6 +37,7 @@ from ._policy import add_restart, intensity_exceeded, should_restart
 __all__ = ["SupervisorBase", "supervisor_name"]
 
 _TRY_AGAIN: Final = "$try_again_restart"
+_BACKOFF: Final = "$backoff_restart"
 
 
 def supervisor_name() -> Any:
@@ -106,6 +109,9 @@ class SupervisorBase(GenServer):
         if type(request) is tuple and len(request) == 2 and request[0] == _TRY_AGAIN:
             await self._try_again_restart(request[1])
             return
+        if type(request) is tuple and len(request) == 2 and request[0] == _BACKOFF:
+            await self._backoff_restart(request[1])
+            return
         report(logging.ERROR, self._name, "unexpected_message", None, cast=request)
 
     async def handle_info(self, msg: Any) -> None:
@@ -121,6 +127,15 @@ class SupervisorBase(GenServer):
     async def _try_again_restart(self, key: Hashable) -> None:
         """Retry the restart that `_retry_restart` queued under `key`, if still wanted."""
         raise NotImplementedError
+
+    async def _backoff_restart(self, key: Hashable) -> None:
+        """Make the restart that `_delay_restart` put off under `key`, if still wanted."""
+        raise NotImplementedError
+
+    def _delay_restart(self, spec: Child, delay: float, key: Hashable) -> TimerRef:
+        """Restart backoff: report, and come back to `_backoff_restart` in `delay` seconds."""
+        report(logging.INFO, self._name, "restart_delayed", spec, delay=delay)
+        return send_after(delay, _self(), ("$gen_cast", (_BACKOFF, key)))
 
     def _report_exit(self, spec: Child, pid: Pid | None, reason: Any) -> bool:
         """Report a child's exit as OTP does; True when its restart type says to restart it."""

@@ -208,6 +208,7 @@ async def start_child_process(spec: Child) -> Pid:
 _EVENTS: Final = {
     "child_terminated": "exited",
     "restarted": "restarted",
+    "restart_delayed": "will be restarted after a backoff",
     "start_error": "failed to start",
     "shutdown_error": "did not shut down cleanly",
     "reached_max_restart_intensity": "reached its restart intensity; shutting down",

@@ -49,10 +49,15 @@ class DynamicSupervisor(SupervisorBase):
     # -- client API --------------------------------------------------------------------------
 
     @classmethod
-    async def start_link(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
+    async def start_link(  # type: ignore[override]
+        cls,
+        *,
+        max_children: int | None = None,
+        intensity: int = 3,
+        period: float = 5.0,
+        name: str | None = None,
+    ) -> Pid:
         """Start a dynamic supervisor linked to the caller.
-
-        Called as ``start_link(*, max_children=None, intensity=3, period=5.0, name=None)``.
 
         Args:
             max_children: the most children it holds at once (None: no limit).
@@ -63,7 +68,9 @@ class DynamicSupervisor(SupervisorBase):
         Raises:
             TypeError, ValueError: a bad max_children, intensity or period.
         """
-        return await super().start_link(*args, name=name, **kwargs)
+        return await super().start_link(
+            max_children=max_children, intensity=intensity, period=period, name=name
+        )
 
     @staticmethod
     async def start_child(dyn: Pid | str, child: Child) -> Pid:

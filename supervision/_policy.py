@@ -23,6 +23,8 @@ __all__ = [
     "Shutdown",
     "Strategy",
     "add_restart",
+    "backoff_delay",
+    "check_backoff",
     "check_intensity",
     "check_max_children",
     "check_period",
@@ -59,6 +61,19 @@ def add_restart(restarts: tuple[float, ...], now: float, period: float) -> tuple
 def intensity_exceeded(restarts: tuple[float, ...], intensity: int) -> bool:
     """True when `restarts` (from `add_restart`) holds more restarts than `intensity` allows."""
     return len(restarts) > intensity
+
+
+def backoff_delay(streak: int, backoff: tuple[float, float] | None) -> float:
+    """Seconds to wait before restarting a child that exited `streak` times in a row, each
+    sooner than ``backoff[1]`` seconds after its start (opt-in restart backoff).
+
+    The first restart of a streak is immediate (0.0, as OTP's), then ``initial``,
+    ``2 * initial``, ``4 * initial``... capped at ``maximum``. Without backoff: always 0.0.
+    """
+    if backoff is None or streak <= 0:
+        return 0.0
+    initial, maximum = backoff
+    return float(min(maximum, initial * 2.0 ** min(streak - 1, 64)))
 
 
 def children_to_restart(strategy: Strategy, count: int, failed: int) -> range:
@@ -132,6 +147,25 @@ def check_period(period: Any) -> None:
         raise TypeError(f"period must be a number of seconds, got {period!r}")
     if not (period > 0 and math.isfinite(period)):
         raise ValueError(f"period must be a finite number of seconds > 0, got {period!r}")
+
+
+def check_backoff(backoff: Any) -> None:
+    """Raise unless `backoff` is None (OTP's immediate restarts) or ``(initial, maximum)``,
+    seconds with ``0 < initial <= maximum``, both finite."""
+    if backoff is None:
+        return
+    if not isinstance(backoff, tuple) or len(backoff) != 2:
+        raise TypeError(
+            f"backoff must be None or a tuple (initial, maximum) of seconds, got {backoff!r}"
+        )
+    for v in backoff:
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise TypeError(f"backoff must be a tuple of two numbers of seconds, got {backoff!r}")
+    initial, maximum = backoff
+    if not (0 < initial <= maximum and math.isfinite(maximum)):
+        raise ValueError(
+            f"backoff (initial, maximum) needs 0 < initial <= maximum, finite, got {backoff!r}"
+        )
 
 
 def check_max_children(max_children: Any) -> None:

@@ -19,15 +19,33 @@ registered name) with no timeout, like OTP's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Hashable, Sequence
 from typing import Any, NoReturn
 
-from numbeam.actors import Pid, StartError, Stop, call, is_alive, is_normal_exit
+from numbeam.actors import (
+    Pid,
+    StartError,
+    Stop,
+    TimerRef,
+    call,
+    cancel_timer,
+    is_alive,
+    is_normal_exit,
+)
 
 from ._base import SupervisorBase
 from ._child import Child, report, shutdown_children, start_child_process
-from ._policy import Strategy, check_intensity, check_period, check_strategy, children_to_restart
+from ._policy import (
+    Strategy,
+    backoff_delay,
+    check_backoff,
+    check_intensity,
+    check_period,
+    check_strategy,
+    children_to_restart,
+)
 
 __all__ = ["Supervisor"]
 
@@ -35,12 +53,17 @@ __all__ = ["Supervisor"]
 class _ChildRecord:
     """A child as its supervisor sees it: the spec, and its pid while it runs."""
 
-    __slots__ = ("pid", "restarting", "spec")
+    __slots__ = ("pid", "restarting", "spec", "started_at", "streak", "timer")
 
     def __init__(self, spec: Child) -> None:
         self.spec = spec
         self.pid: Pid | None = None
-        self.restarting = False  # a restart failed and a retry is queued
+        self.restarting = False  # a restart failed and a retry is queued, or it is delayed
+        # Restart backoff: when it last started, its exits in a row that came soon after a
+        # start, and the timer of a delayed restart.
+        self.started_at = 0.0
+        self.streak = 0
+        self.timer: TimerRef | None = None
 
 
 def check_children(children: Any) -> list[Child]:
@@ -64,11 +87,17 @@ def check_children(children: Any) -> list[Child]:
 
 
 def _check_flags(
-    children: Any = (), *, strategy: Any = "one_for_one", intensity: Any = 3, period: Any = 5.0
+    children: Any = (),
+    *,
+    strategy: Any = "one_for_one",
+    intensity: Any = 3,
+    period: Any = 5.0,
+    backoff: Any = None,
 ) -> list[Child]:
     check_strategy(strategy)
     check_intensity(intensity)
     check_period(period)
+    check_backoff(backoff)
     return check_children(children)
 
 
@@ -114,25 +143,45 @@ class Supervisor(SupervisorBase):
     # -- client API --------------------------------------------------------------------------
 
     @classmethod
-    async def start_link(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
+    async def start_link(  # type: ignore[override]
+        cls,
+        children: Sequence[Child] = (),
+        *,
+        strategy: Strategy = "one_for_one",
+        intensity: int = 3,
+        period: float = 5.0,
+        backoff: tuple[float, float] | None = None,
+        name: str | None = None,
+    ) -> Pid:
         """Start a supervisor linked to the caller and wait until all its children run.
-
-        Called as ``start_link(children, *, strategy="one_for_one", intensity=3,
-        period=5.0, name=None)`` (a subclass that overrides `init` takes its own arguments).
 
         Args:
             children: the `nb.Child` specs, in start order; ids must be unique.
             strategy: ``"one_for_one"``, ``"one_for_all"`` or ``"rest_for_one"``.
             intensity: the most restarts (an int >= 0) allowed within `period`.
             period: the window of `intensity`, in seconds (> 0).
+            backoff: None (the default: OTP's immediate restarts), or ``(initial, maximum)``
+                in seconds: a child that exits again soon (within `maximum` seconds of its
+                start) is restarted after ``initial``, then twice that, and so on up to
+                `maximum`, per child. Only a streak's first, immediate restart counts
+                against `intensity`; a delayed one does not, so a child whose node is down
+                is retried every `maximum` seconds until the node is back, instead of
+                exhausting the supervisor.
             name: register the supervisor under this name.
 
         Raises:
-            TypeError, ValueError: a bad child list, strategy, intensity or period.
+            TypeError, ValueError: a bad child list, strategy, intensity, period or backoff.
             nb.StartError: a child failed to start; ``.reason`` is
                 ``("shutdown", ("failed_to_start_child", id, reason))``.
         """
-        return await super().start_link(*args, name=name, **kwargs)
+        return await super().start_link(
+            children,
+            strategy=strategy,
+            intensity=intensity,
+            period=period,
+            backoff=backoff,
+            name=name,
+        )
 
     @staticmethod
     async def which_children(sup: Pid | str) -> list[tuple[Any, Pid | None, str]]:
@@ -208,16 +257,20 @@ class Supervisor(SupervisorBase):
         strategy: Strategy = "one_for_one",
         intensity: int = 3,
         period: float = 5.0,
+        backoff: tuple[float, float] | None = None,
     ) -> None:
         """Start the children in order; on a failure stop them in reverse and give up."""
-        specs = _check_flags(children, strategy=strategy, intensity=intensity, period=period)
+        specs = _check_flags(
+            children, strategy=strategy, intensity=intensity, period=period, backoff=backoff
+        )
         self._init_supervisor(intensity, period)
         self._strategy: Strategy = strategy
+        self._backoff = backoff
         self._children: list[_ChildRecord] = []
         for spec in specs:
             record = _ChildRecord(spec)
             try:
-                record.pid = await start_child_process(spec)
+                self._started(record, await start_child_process(spec))
             except StartError as e:
                 report(logging.ERROR, self._name, "start_error", spec, reason=e.reason)
                 await self._terminate_all()
@@ -265,7 +318,7 @@ class Supervisor(SupervisorBase):
                 self._children.remove(record)
                 return ("ok", None)
             try:
-                record.pid = await start_child_process(record.spec)
+                self._started(record, await start_child_process(record.spec))
             except StartError as e:
                 return ("error", "start", e.reason)
             return ("ok", record.pid)
@@ -279,15 +332,39 @@ class Supervisor(SupervisorBase):
         if record is None:
             return  # a child already handled, or a stranger's link
         record.pid = None
-        if self._report_exit(record.spec, pid, reason):
-            await self._restart(record)
-        else:
+        if not self._report_exit(record.spec, pid, reason):
             self._child_stopped(record)
+        elif not self._delayed(record):
+            await self._restart(record)
 
     async def _try_again_restart(self, key: Hashable) -> None:
         record = self._find_id(key)
         if record is not None and record.restarting:
             await self._restart(record)
+
+    async def _backoff_restart(self, key: Hashable) -> None:
+        record = self._find_id(key)
+        if record is not None and record.restarting and record.timer is not None:
+            record.timer = None
+            await self._restart(record, counted=False)
+
+    def _delayed(self, record: _ChildRecord) -> bool:
+        """With backoff, put off the restart of `record` if its streak says so."""
+        if self._backoff is None:
+            return False
+        if asyncio.get_running_loop().time() - record.started_at >= self._backoff[1]:
+            record.streak = 0  # it ran long enough: a new streak
+        delay = backoff_delay(record.streak, self._backoff)
+        record.streak += 1
+        if delay <= 0:
+            return False
+        record.restarting = True
+        record.timer = self._delay_restart(record.spec, delay, record.spec.id)
+        return True
+
+    def _started(self, record: _ChildRecord, pid: Pid) -> None:
+        record.pid = pid
+        record.started_at = asyncio.get_running_loop().time()
 
     def _find_id(self, id: Any) -> _ChildRecord | None:
         for record in self._children:
@@ -305,6 +382,9 @@ class Supervisor(SupervisorBase):
         """OTP's del_child: a temporary child's spec goes, any other's pid is cleared."""
         record.pid = None
         record.restarting = False
+        if record.timer is not None:
+            cancel_timer(record.timer)
+            record.timer = None
         if record.spec.restart == "temporary" and record in self._children:
             self._children.remove(record)
 
@@ -325,15 +405,16 @@ class Supervisor(SupervisorBase):
             return ("error", "start", "already_present")
         record = _ChildRecord(spec)
         try:
-            record.pid = await start_child_process(spec)
+            self._started(record, await start_child_process(spec))
         except StartError as e:
             return ("error", "start", e.reason)
         self._children.append(record)
         return ("ok", record.pid)
 
-    async def _restart(self, record: _ChildRecord) -> None:
-        """Restart `record` (dead or failed to restart) and whom the strategy says with it."""
-        if not self._restart_allowed(record.spec):
+    async def _restart(self, record: _ChildRecord, counted: bool = True) -> None:
+        """Restart `record` (dead or failed to restart) and whom the strategy says with it;
+        `counted`: against the intensity (a restart put off by backoff is not)."""
+        if counted and not self._restart_allowed(record.spec):
             self._child_stopped(record)
             raise Stop("shutdown")
         index = self._children.index(record)
@@ -352,8 +433,11 @@ class Supervisor(SupervisorBase):
             if other not in self._children:
                 continue
             try:
-                other.pid = await start_child_process(other.spec)
+                self._started(other, await start_child_process(other.spec))
             except StartError as e:
+                if self._delayed(other):
+                    report(logging.ERROR, self._name, "start_error", other.spec, reason=e.reason)
+                    return
                 other.restarting = True
                 self._retry_restart(other.spec, e.reason, other.spec.id)
                 return

@@ -15,7 +15,8 @@ import pytest
 
 import numbeam as nb
 
-# Subpackages whose public names DESIGN.md flattens into `nb.*` ("Processes", "OTP behaviours").
+# Subpackages whose public names are flattened into `nb.*` (docs/architecture.md, "Processes"
+# and "OTP behaviours").
 FLATTENED = ["numbeam.actors", "numbeam.supervision"]
 
 

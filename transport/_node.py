@@ -54,6 +54,7 @@ from numbeam.gpu import _devices
 from numbeam.tensors._share import FdChannel, same_host
 from zmq.utils.monitor import parse_monitor_message
 
+from . import _gate
 from ._cookie import curve_keypair, new_nonce, resolve_cookie, sign, verify
 from ._global import install as install_global_names
 from ._names import NodeAddress, parse_node_name
@@ -69,6 +70,10 @@ MAGIC = b"NBH1"
 SLOT_SHIFT = 40  # ids >= 1 << 40 are allocated by the node that asked for the spawn
 _LOCAL_IDS = (1 << SLOT_SHIFT) - 1
 BATCH_BYTES = 16 * 1024  # a batch is sealed (sent as its own ZeroMQ message) beyond this
+# Bounds on what a peer can make a node hold (see _gate for the connections themselves).
+RCVHWM = 1000  # ZeroMQ messages queued per incoming connection; past it, the sender waits
+HANDSHAKE_FRAME = 4096  # the largest frame taken from a connection before it authenticates
+MAX_HELD = 10_000  # operations held per peer for pids whose remote spawn has not arrived
 
 # Plain ints: zmq's constants are IntFlags, whose `&` costs more than the getsockopt itself.
 _EVENTS, _RCVMORE = int(zmq.EVENTS), int(zmq.RCVMORE)
@@ -283,6 +288,9 @@ class Distribution:
         self._dirty: list[Peer] = []
         self._flush_scheduled = False
         self._closing = False
+        self.rejects = _gate.RejectLog(log, opts.node)  # rejected input, logged in aggregate
+        self.zap_domain = b""
+        self.held: dict[str, int] = {}  # peer -> how many of its operations pending_spawn holds
         install_global_names(rt, self)
         install_process_groups(rt, self)
         self._install_cuda_ledger()
@@ -315,12 +323,18 @@ class Distribution:
         r = ctx.socket(zmq.ROUTER)
         r.setsockopt(zmq.ROUTER_MANDATORY, 1)
         r.setsockopt(zmq.LINGER, 0)
-        r.setsockopt(zmq.RCVHWM, 0)
+        r.setsockopt(zmq.RCVHWM, RCVHWM)
         r.setsockopt(zmq.MAXMSGSIZE, self.opts.max_message_size)
+        r.setsockopt(zmq.HANDSHAKE_IVL, int(self.opts.connect_timeout * 1000))
         self._heartbeats(r)
+        # Only peers that know the cookie get past ZeroMQ's own handshake (see _gate).
+        self.zap_domain = _gate.register(ctx, self.cookie, self.rejects)
+        r.setsockopt(zmq.ZAP_DOMAIN, self.zap_domain)
         if self.curve is not None:
             r.curve_server = True
             r.curve_secretkey = self.curve[1]
+        else:
+            r.plain_server = True
         global preset_listen_fd
         if preset_listen_fd is not None:
             # A device worker: its parent bound and listens on our ipc:// address already.
@@ -330,14 +344,19 @@ class Distribution:
             r.bind(self.addr.bind_endpoint(self.opts.listen))
         except zmq.ZMQError as e:
             r.close(0)
+            _gate.unregister(ctx, self.zap_domain)
             raise OSError(f"node {self.opts.node!r}: cannot listen: {e}") from None
         endpoint = r.getsockopt_string(zmq.LAST_ENDPOINT)
         self.addr = self.addr.with_endpoint(endpoint)
-        self.name = self.addr.name
+        self.name = self.rejects.node = self.addr.name
+        _gate.named(ctx, self.zap_domain, self.name)
         self.router = r
         self.router_handle = r.underlying  # libzmq's address of the socket, for _zmqfast
         self.router_mon = r.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, _monitor_address()
+            zmq.EVENT_DISCONNECTED
+            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+            | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+            _monitor_address(),
         )
         self.rt._after_drain = self._after_drain
         self.loop.add_reader(r.FD, self._on_router)
@@ -387,6 +406,8 @@ class Distribution:
             self.router.disable_monitor()
             self.router_mon.close(0)
         self.router.close(0)
+        _gate.unregister(_zmq_context(), self.zap_domain)
+        self.rejects.flush()
         if self.addr.transport == "ipc":
             with contextlib.suppress(OSError):  # ZeroMQ leaves the socket file behind
                 os.unlink(self.addr.path)
@@ -625,10 +646,13 @@ class Distribution:
             pub, sec = zmq.curve_keypair()
             sock.curve_publickey = pub
             sock.curve_secretkey = sec
+        else:
+            sock.plain_username, sock.plain_password = _gate.credentials(self.cookie, peer.name)
         peer.sock = sock
         peer.handle = sock.underlying
         peer.mon = sock.get_monitor_socket(
-            zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED, _monitor_address()
+            zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED | zmq.EVENT_HANDSHAKE_FAILED_AUTH,
+            _monitor_address(),
         )
         sock.connect(peer.addr.endpoint)
         peer.timer = self.loop.call_later(self.opts.connect_timeout, self._connect_timeout, peer)
@@ -803,6 +827,14 @@ class Distribution:
             except (zmq.Again, zmq.ZMQError):
                 return
             event = parse_monitor_message(raw)["event"]
+            if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+                log.error(
+                    "node %s: %s refused the connection: wrong cookie (different cookies?)",
+                    self.name,
+                    peer.name,
+                )
+                self._node_down(peer, "noconnection")
+                return
             if event & (zmq.EVENT_DISCONNECTED | zmq.EVENT_CLOSED):
                 self._node_down(peer, "connection_closed" if peer.state == _UP else "noconnection")
                 return
@@ -871,6 +903,7 @@ class Distribution:
             for pid_id in [i for i in self.pending_spawn if i >> SLOT_SHIFT == inc.slot]:
                 held = self.pending_spawn.pop(pid_id)
                 for src, item in held:  # the spawn will never come: they meet no process
+                    self._unhold(src)
                     self._dispatch(src, item)
 
     def _fire_noconnection(self, name: str, reason: str) -> None:
@@ -1158,7 +1191,9 @@ class Distribution:
                 return
             ev = parse_monitor_message(raw)
             if ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-                log.warning("node %s: dropped a connection that broke the ZMTP protocol", self.name)
+                self.rejects.note("a connection that broke the ZMTP protocol")
+            elif ev["event"] == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+                self.rejects.note("a connection that did not finish the ZMTP handshake")
             else:
                 log.debug(
                     "node %s: an incoming connection closed (by the peer, or for a "
@@ -1172,6 +1207,8 @@ class Distribution:
         try:
             if magic != MAGIC or len(extra) != 1:
                 raise ValueError("not a handshake frame")
+            if len(extra[0]) > HANDSHAKE_FRAME:
+                raise ValueError(f"a handshake frame over {HANDSHAKE_FRAME} bytes")
             msg = msgpack.unpackb(extra[0].bytes, raw=False)
             if type(msg) is not list or not msg:
                 raise ValueError("not a handshake message")
@@ -1192,15 +1229,10 @@ class Distribution:
             else:
                 raise ValueError(f"unexpected handshake step {kind!r}")
         except Exception as e:
-            log.warning(
-                "node %s: dropped a frame from an unauthenticated connection: %s "
-                "[ident %s, %s, %d bytes %r]",
-                self.name,
-                e,
-                ident.hex(),
-                "said hello" if inc is not None else "unknown",
-                len(magic),
-                magic[:24],
+            # Aggregated, and the identity (up to 255 bytes of the peer's choosing) cut short.
+            self.rejects.note(
+                "a frame from an unauthenticated connection",
+                f"{str(e)[:60]} [ident {ident[:8].hex()}, {len(magic)} bytes]",
             )
 
     def _hello(self, ident: bytes, name: str, creation: int, nonce_c: bytes, slot: int) -> None:
@@ -1292,9 +1324,25 @@ class Distribution:
             slot = pid_id >> SLOT_SHIFT
             seen = self.slot_seen.get(slot)
             if seen is not None and pid_id & _LOCAL_IDS > seen:
+                held = self.held.get(src, 0)
+                if held >= MAX_HELD:
+                    # Bounded: past it, the pid is treated as one that does not exist.
+                    self.rejects.note(
+                        f"an operation past {MAX_HELD} held for pids not spawned yet",
+                        f"from {src}",
+                    )
+                    return None
+                self.held[src] = held + 1
                 self.pending_spawn.setdefault(pid_id, []).append((src, item))
                 return _HELD
         return None
+
+    def _unhold(self, src: str) -> None:
+        n = self.held.get(src, 0) - 1
+        if n > 0:
+            self.held[src] = n
+        else:
+            self.held.pop(src, None)
 
     def _dispatch(self, src: str, item: list[Any]) -> None:
         op = item[0]
@@ -1424,6 +1472,7 @@ class Distribution:
                 proc.monitored_by = {}
             proc.monitored_by[ref] = watcher
         for held_src, held in self.pending_spawn.pop(pid_id, ()):
+            self._unhold(held_src)
             self._dispatch(held_src, held)
 
     def _intern_pid(self, node: str, id: int, creation: int) -> Pid:

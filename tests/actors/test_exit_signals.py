@@ -1,4 +1,5 @@
-"""Exit reasons, nb.Stop, nb.exit, "kill", trap_exit and crash reports (DESIGN.md "Processes")."""
+"""Exit reasons, nb.Stop, nb.exit, "kill", trap_exit and crash reports
+(docs/architecture.md "Processes")."""
 
 from __future__ import annotations
 

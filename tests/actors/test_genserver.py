@@ -1,4 +1,4 @@
-"""GenServer start, call, cast, reply and info (DESIGN.md "OTP behaviours").
+"""GenServer start, call, cast, reply and info (docs/architecture.md "OTP behaviours").
 
 One behaviour per test, named for it, in the spirit of OTP's gen_server_SUITE. Every test
 runs its own node; waits are bounded and synchronised on messages and monitors, never sleeps.
@@ -253,16 +253,33 @@ async def test_server_killed_during_init_raises_start_error() -> None:
         assert info.value.reason == "killed"
 
 
-async def test_start_arguments_to_a_server_without_init_raise_start_error(
-    crash_log: pytest.LogCaptureFixture,
-) -> None:
+async def test_start_arguments_to_a_server_without_init_raise_type_error() -> None:
     class NoInit(nb.GenServer):
         pass
 
     async with nb.Runtime():
-        with pytest.raises(nb.StartError) as info:
+        before = nb.processes()
+        with pytest.raises(TypeError, match="does not define init"):
             await NoInit.start_link(1, 2)
-        assert isinstance(info.value.reason, TypeError)
+        assert nb.processes() == before
+
+
+async def test_an_unknown_keyword_to_start_link_is_a_type_error_naming_it() -> None:
+    class Takes(nb.GenServer):
+        async def init(self, start: int, *, step: int = 1) -> None:
+            self.n = start
+
+    async with nb.Runtime():
+        before = nb.processes()
+        with pytest.raises(TypeError, match="stpe") as info:
+            await Takes.start_link(0, stpe=2)
+        assert "Takes.start_link()" in str(info.value)
+        assert not isinstance(info.value, nb.StartError)
+        with pytest.raises(TypeError, match="start"):
+            await Takes.start(step=2)  # the positional argument is missing
+        assert nb.processes() == before  # nothing was spawned
+        pid = await Takes.start_link(0, step=2)
+        assert nb.is_alive(pid)
 
 
 # -- call, cast, reply, info -------------------------------------------------------------------

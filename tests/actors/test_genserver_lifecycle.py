@@ -1,4 +1,5 @@
-"""How a GenServer ends: Stop, crashes, nb.stop, exit signals and kill (DESIGN.md "OTP behaviours").
+"""How a GenServer ends: Stop, crashes, nb.stop, exit signals and kill
+(docs/architecture.md "OTP behaviours").
 
 OTP's rules: `terminate` runs when the server stops itself, crashes, is stopped with
 `nb.stop`, or (trapping exits) gets an exit signal from its parent; it does not run when an

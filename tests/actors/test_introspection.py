@@ -1,4 +1,4 @@
-"""is_alive, processes and process_info (DESIGN.md "Processes")."""
+"""is_alive, processes and process_info (docs/architecture.md "Processes")."""
 
 from __future__ import annotations
 

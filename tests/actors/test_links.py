@@ -1,4 +1,4 @@
-"""Links: exit signals travel both ways along a link (DESIGN.md "Processes")."""
+"""Links: exit signals travel both ways along a link (docs/architecture.md "Processes")."""
 
 from __future__ import annotations
 

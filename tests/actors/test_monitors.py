@@ -1,4 +1,4 @@
-"""Monitors: one-way Down notifications (DESIGN.md "Processes")."""
+"""Monitors: one-way Down notifications (docs/architecture.md "Processes")."""
 
 from __future__ import annotations
 

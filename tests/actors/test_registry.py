@@ -1,4 +1,4 @@
-"""Local names: register, unregister, whereis, registered (DESIGN.md "Processes")."""
+"""Local names: register, unregister, whereis, registered (docs/architecture.md "Processes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""spawn, spawn_link, spawn_monitor and self (DESIGN.md "Processes")."""
+"""spawn, spawn_link, spawn_monitor and self (docs/architecture.md "Processes")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Timers: send_after and cancel_timer (DESIGN.md "Processes")."""
+"""Timers: send_after and cancel_timer (docs/architecture.md "Processes")."""
 
 from __future__ import annotations
 

@@ -176,6 +176,7 @@ async def test_device_argument_errors() -> None:
             nb.Child(wait_forever, device=3)  # type: ignore[arg-type]
         with pytest.raises(TypeError, match="args only"):
             nb.Child(wait_forever, kwargs={"a": 1}, device="fake:0")
+
         async def local() -> None:
             pass
 

@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 COOKIE = "numbeam-test-cookie"
@@ -56,6 +57,7 @@ async def start_node(
     cookie: str = COOKIE,
     extra_args: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
+    stderr: Any = None,
 ) -> NodeProc:
     """Start ``numbeam node --name name`` and wait for its ready line (its real name)."""
     full_env = dict(os.environ)
@@ -73,6 +75,7 @@ async def start_node(
         str(HERE),
         *extra_args,
         stdout=asyncio.subprocess.PIPE,
+        stderr=stderr,  # (None: this process's own; a file to measure what the node logs)
         env=full_env,
     )
     try:

@@ -175,3 +175,18 @@ async def burst_then_stop_node(target: nb.Pid, n: int) -> None:
     for i in range(n):
         nb.send(target, ("burst", i))
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+async def announce_and_wait(report_to: nb.Pid) -> None:
+    """Tell `report_to` ``("worker", self, node)``, then wait until killed."""
+    nb.send(report_to, ("worker", nb.self(), nb.node()))
+    await nb.receive(lambda m: False)
+
+
+class RemoteWorker:
+    """A hand-written child start: ``start_link(node, report_to)`` spawns `announce_and_wait`
+    linked on `node` (the supervisor calls it, so the link is the supervisor's)."""
+
+    @classmethod
+    async def start_link(cls, node: str, report_to: nb.Pid) -> nb.Pid:
+        return nb.spawn_link("dist_helpers:announce_and_wait", report_to, node=node)

@@ -13,7 +13,17 @@ import zmq
 import zmq.asyncio
 from conftest import node_runtime
 from numbeam.transport._cookie import new_nonce, sign
-from numbeam.transport._node import MAGIC, OP_EXIT, OP_LINK, OP_SEND, OP_SPAWN
+from numbeam.transport._gate import ZAP_ENDPOINT, credentials
+from numbeam.transport._node import (
+    MAGIC,
+    MAX_HELD,
+    OP_EXIT,
+    OP_LINK,
+    OP_SEND,
+    OP_SPAWN,
+    SLOT_SHIFT,
+    _array_header,
+)
 from numbeam.transport._wire import Encoder
 
 import numbeam as nb
@@ -24,6 +34,24 @@ COOKIE = b"numbeam-test-cookie"
 
 def _endpoint(name: str) -> str:
     return "tcp://" + name.partition("@")[2]
+
+
+def _through_the_gate(sock: zmq.asyncio.Socket, target: str, cookie: bytes = COOKIE) -> None:
+    """Give a raw socket the credentials a node with `cookie` presents to ZeroMQ's handshake."""
+    sock.plain_username, sock.plain_password = credentials(cookie, target)
+
+
+async def _accept_every_connection(ctx: zmq.asyncio.Context) -> None:
+    """A ZAP handler for a fake node's PLAIN server: it lets every connection in."""
+    zap = ctx.socket(zmq.REP)
+    zap.setsockopt(zmq.LINGER, 0)
+    zap.bind(ZAP_ENDPOINT)
+    try:
+        while True:
+            version, request_id, *_ = await zap.recv_multipart()
+            await zap.send_multipart([version, request_id, b"200", b"OK", b"", b""])
+    finally:
+        zap.close(0)
 
 
 def _free_port() -> int:
@@ -42,9 +70,11 @@ async def _authenticated_dealer(
     fake = f"mallory@127.0.0.1:{port}"
     lair = ctx.socket(zmq.ROUTER)
     lair.setsockopt(zmq.LINGER, 0)
+    lair.plain_server = True  # (the test runs _accept_every_connection in this context)
     lair.bind(f"tcp://127.0.0.1:{port}")
     d = ctx.socket(zmq.DEALER)
     d.setsockopt(zmq.LINGER, 0)
+    _through_the_gate(d, target)
     d.connect(_endpoint(target))
     nonce = new_nonce()
     await d.send_multipart([MAGIC, msgpack.packb([b"hello", fake, 7, nonce, 4242])])
@@ -93,6 +123,7 @@ async def test_a_node_drops_garbage_and_keeps_serving_a_good_peer(nodes, caplog)
     b = await nodes("b")
     rng = random.Random(20261124)
     ctx = zmq.asyncio.Context()
+    zap = asyncio.ensure_future(_accept_every_connection(ctx))
     n = 3000
     try:
         async with node_runtime(max_message_size=1 << 20, connect_timeout=60.0) as rt:
@@ -104,9 +135,15 @@ async def test_a_node_drops_garbage_and_keeps_serving_a_good_peer(nodes, caplog)
             for _ in range(5):
                 with socket.create_connection((host, int(port))) as s:
                     s.sendall(rng.randbytes(200))
-            # 2. an unauthenticated DEALER sending random multipart frames.
+            # 2. a DEALER without credentials (refused by ZeroMQ's handshake: its frames
+            # never leave it), and one that passes the gate but never the node handshake,
+            # sending random multipart frames.
+            outsider = ctx.socket(zmq.DEALER)
+            outsider.setsockopt(zmq.LINGER, 0)
+            outsider.connect(_endpoint(target))
             anon = ctx.socket(zmq.DEALER)
             anon.setsockopt(zmq.LINGER, 0)
+            _through_the_gate(anon, target)
             anon.connect(_endpoint(target))
             for _ in range(300):
                 parts = [rng.randbytes(rng.randint(0, 40)) for _ in range(rng.randint(1, 4))]
@@ -128,9 +165,15 @@ async def test_a_node_drops_garbage_and_keeps_serving_a_good_peer(nodes, caplog)
             await evil.send(msgpack.packb([[OP_SEND, 1, 1, msgpack.ExtType(99, b"x")]]))
             await evil.send(b"\x91\x94\x00\x01\x01\xd4\x0d\x00")
             await evil.send(b"\x00" * (2 << 20))
-            # 4. a peer with the wrong cookie.
+            # 4. a peer with the wrong cookie (refused by the gate), and one that passes the
+            # gate but then fails the node handshake's proof.
+            stranger = ctx.socket(zmq.DEALER)
+            stranger.setsockopt(zmq.LINGER, 0)
+            _through_the_gate(stranger, target, b"not the cookie")
+            stranger.connect(_endpoint(target))
             wrong = ctx.socket(zmq.DEALER)
             wrong.setsockopt(zmq.LINGER, 0)
+            _through_the_gate(wrong, target)
             wrong.connect(_endpoint(target))
             await wrong.send_multipart(
                 [MAGIC, msgpack.packb([b"hello", "eve@127.0.0.1:1", 1, new_nonce(), 77])]
@@ -153,14 +196,17 @@ async def test_a_node_drops_garbage_and_keeps_serving_a_good_peer(nodes, caplog)
             nb.send(pid, (me, "after"))
             assert await nb.receive(lambda m: m == (pid, "after"), timeout=T) == (pid, "after")
             assert rt.pid == me
-            for s in (anon, evil, wrong, lair):
+            for s in (outsider, anon, evil, stranger, wrong, lair):
                 s.close(0)
     finally:
+        zap.cancel()
+        await asyncio.wait([zap], timeout=T)
         ctx.term()
     text = caplog.text
     assert "unauthenticated" in text
     assert "malformed" in text
     assert "wrong cookie" in text
+    assert "does not know the cookie" in text
 
 
 async def test_nothing_is_sent_to_a_node_before_its_handshake_completes():
@@ -171,6 +217,8 @@ async def test_nothing_is_sent_to_a_node_before_its_handshake_completes():
     ctx = zmq.asyncio.Context()
     server = ctx.socket(zmq.ROUTER)
     server.setsockopt(zmq.LINGER, 0)
+    server.plain_server = True  # as a node's ROUTER: its gate lets our node in
+    zap = asyncio.ensure_future(_accept_every_connection(ctx))
     server.bind(f"tcp://127.0.0.1:{port}")
     try:
         async with node_runtime(connect_timeout=60.0):
@@ -193,5 +241,40 @@ async def test_nothing_is_sent_to_a_node_before_its_handshake_completes():
             assert frames[0] == ident and frames[1] != MAGIC  # now the data: a batch
             assert nb.disconnect(name)  # it would never acknowledge a goodbye
     finally:
+        zap.cancel()
+        await asyncio.wait([zap], timeout=T)
         server.close(0)
         ctx.term()
+
+
+async def test_operations_held_for_pids_never_spawned_are_bounded_per_peer(caplog):
+    """A peer may address pids of its spawn range before their spawn arrives; they are held,
+    but at most MAX_HELD per peer: past it they meet no process, and that is logged."""
+    caplog.set_level(logging.WARNING, logger="numbeam")
+    ctx = zmq.asyncio.Context()
+    zap = asyncio.ensure_future(_accept_every_connection(ctx))
+    try:
+        async with node_runtime(connect_timeout=60.0) as rt:
+            me = nb.self()
+            evil, lair = await _authenticated_dealer(ctx, nb.node())  # spawn slot 4242
+            enc = Encoder()
+            total = MAX_HELD + 2000
+            for start in range(1, total + 1, 1000):
+                parts = [
+                    enc.encode([OP_SEND, (4242 << SLOT_SHIFT) | n, 0, "held"], [])
+                    for n in range(start, min(start + 1000, total + 1))
+                ]
+                await evil.send(_array_header(len(parts)) + b"".join(parts))
+            # On the same connection, after them: once this arrives, all were handled.
+            await evil.send(b"\x91" + enc.encode([OP_SEND, me.id, me.creation, "done"], []))
+            assert await nb.receive(lambda m: m == "done", timeout=T) == "done"
+            assert sum(len(v) for v in rt.dist.pending_spawn.values()) == MAX_HELD
+            assert rt.dist.held == {"mallory@" + lair.last_endpoint.decode()[6:]: MAX_HELD}
+            for s in (evil, lair):
+                s.close(0)
+    finally:
+        zap.cancel()
+        await asyncio.wait([zap], timeout=T)
+        ctx.term()
+    assert f"past {MAX_HELD} held for pids not spawned yet" in caplog.text
+    assert caplog.text.count("held for pids") <= 2  # aggregated, not one line per operation
