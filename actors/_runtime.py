@@ -294,6 +294,9 @@ class Runtime:
         self.dist: Distribution | None = None  # the distribution layer, when node= is given
         # Called with the pid of every process that exits (global names, process groups).
         self.exit_hooks: list[Callable[[Pid], None]] = []
+        # Called with the pid and exception of every process that crashes (a CUDA worker
+        # checks whether its context survived).
+        self.crash_hooks: list[Callable[[Pid, BaseException], None]] = []
         # Per-node state of other layers (global names, process groups), by key.
         self.extensions: dict[str, Any] = {}
         # The devices this node drives (see numbeam.gpu), decided when it starts.
@@ -646,6 +649,8 @@ class Runtime:
             exc_info=(type(exc), exc, exc.__traceback__),
             extra={"numbeam_pid": proc.pid, "numbeam_name": proc.name, "numbeam_reason": exc},
         )
+        for hook in self.crash_hooks:
+            hook(proc.pid, exc)
 
     # -- names and timers --------------------------------------------------------------------
 

@@ -38,6 +38,8 @@ async def _serve(assignment: dict[str, Any], ctl: socket.socket) -> None:
     assert dist is not None
     # Pids the parent hands out for this worker before it connects are valid here at once.
     dist.pre_grant(assignment["parent"], assignment["slot"])
+    if assignment["device"].startswith("cuda:"):
+        _rt().crash_hooks.append(_check_cuda_context)
     loop = asyncio.get_running_loop()
     ctl.setblocking(False)
     await loop.sock_sendall(ctl, b"ready\n")
@@ -85,6 +87,26 @@ def _main_loader(path: str) -> Callable[[], types.ModuleType]:
         return mod
 
     return load
+
+
+def _check_cuda_context(pid: Any, exc: BaseException) -> None:
+    """After a crash: if the CUDA context is broken (an illegal address, a kernel fault: CUDA
+    errors that stick to the context, which nothing but a new process clears), this worker is
+    of no use, so it exits at once and its parent starts a new one on a fresh context."""
+    import cupy
+
+    try:
+        cupy.cuda.runtime.deviceSynchronize()  # raises the context's sticky error, if any
+    except cupy.cuda.runtime.CUDARuntimeError as e:
+        logging.getLogger("numbeam.gpu").critical(
+            "%s: the CUDA context is broken after %r crashed (%s); exiting so that the "
+            "worker is started again",
+            _devices.current(),
+            pid,
+            e,
+        )
+        logging.shutdown()
+        os._exit(70)
 
 
 def _take_device(device: str) -> None:

@@ -131,6 +131,22 @@ def test_tensors_example_hands_a_tensor_to_a_process_and_a_node_without_copying(
     assert shm_after <= shm_before  # nothing of numbeam's left behind
 
 
+def test_devices_example_pins_layers_and_survives_a_killed_worker() -> None:
+    proc = run([str(EXAMPLES / "devices.py")], timeout=120)
+    out = proc.stdout
+    assert proc.returncode == 0, f"{out}\n{proc.stderr}"
+    assert re.search(r"running on (CUDA|fake devices \(no CUDA here\)): ", out)
+    assert re.search(r"batch 3: killed the worker of \S+ \(os pid (\d+)\)", out)
+    assert "batch 3: stage lost (noconnection); the supervisor restarts it" in out
+    pids = re.findall(r"batch (\d): \S+ \(os pid (\d+)\) -> ", out)
+    assert [b for b, _ in pids] == [str(i) for i in range(8)]
+    assert len({p for b, p in pids if int(b) < 3}) == 1
+    assert {p for b, p in pids if int(b) < 3}.isdisjoint({p for b, p in pids if int(b) >= 3})
+    assert out.count("matches numpy: True") == 8
+    assert re.search(r"worker restarts: \S+: 1, ", out)
+    assert "all 8 batches correct" in out
+
+
 def test_cli_prints_version() -> None:
     import numbeam
 
