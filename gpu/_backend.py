@@ -11,12 +11,15 @@ operations, so a fake device runs the same paths as a GPU::
     array(buf, off, shape, dt, readonly)     the device's own array over the bytes, no copy
     synchronize(buf)                         wait until work queued on the buffer is done
 
-CUDA adds ``from_dlpack``, ``export`` and ``import_handle`` (see `numbeam.gpu._cuda`).
+CUDA adds ``from_dlpack``, ``export(buf, peer, add_fd)`` and ``import_handle(device, handle,
+need, peer, fd_at)`` (see `numbeam.gpu._cuda`): a buffer of a CUDA memory pool crosses with its
+pool's descriptor, which ``add_fd`` puts among the batch's and ``fd_at`` finds there.
 
 A fake device's buffer is a `Segment` of its own (unnamed shared memory, see
 `numbeam.tensors._memory`), host memory, so its array is numpy and its handles between nodes
 are file descriptors, exactly as for ``cpu`` tensors. Exporting and importing handles differ
-in kind (a descriptor here, a CUDA IPC handle there) and live in the wire and `_cuda`.
+in kind (a segment's descriptor here; a pool's descriptor plus the buffer's export data, or a
+legacy CUDA IPC handle, there) and live in the wire and `_cuda`.
 
 Nothing here imports CuPy: `_cuda` is imported the first time a ``cuda:*`` device is used.
 """

@@ -26,6 +26,9 @@ an empty payload whose code says what the rest of the array is. The wire spec::
     19    device tensor, frame    dtype, shape, frame: int, device: str
     20    fake tensor, handle     dtype, shape, token: int, segment: int, offset: int, device: str
     21    CUDA tensor, handle     dtype, shape, device: str, token: int, offset: int, handle: list
+          handle, a pool's buffer: ["pool", descriptor: int, export_data: bin(64), owner: str,
+                                    id: int, size: int]
+          handle, legacy CUDA IPC: ["ipc", ipc_handle: bin(64), owner: str, id: int, size: int]
 
 ``dtype`` is numpy's canonical ``dtype.str`` (``"<f8"``, ``"|b1"``, ``"<M8[ns]"``, ``"<U5"``).
 An array of ``oob_threshold`` bytes or more travels out of band: its buffer is the frame at
@@ -38,8 +41,14 @@ Received tensors of the other two kinds are copied into the receiver's shared me
 
 Device tensors (18..21) carry the device's name (``"fake:N"`` or ``"cuda:N"``, checked: any
 other value is malformed). To a node on the host a fake device's buffer crosses as 17 does (its
-segment's descriptor, plus the name); a CUDA buffer as a CUDA IPC handle (``handle``, made and
-opened by `numbeam.gpu._cuda`; ``token`` is the batch's, or None). Without handles they are
+segment's descriptor, plus the name); a CUDA buffer as a handle made and opened by
+`numbeam.gpu._cuda` (``token`` is the batch's, or None): of a buffer in its owner's
+stream-ordered memory pool, the pool's descriptor goes ahead of the batch like a segment's
+(``descriptor`` indexes those passed with ``token``; once per pool per batch) and
+``export_data`` is the buffer's ``CUmemPoolPtrExportData``; of a ``cudaMalloc`` buffer, the
+legacy ``cudaIpcGetMemHandle`` (the owner picks per device; ``NUMBEAM_CUDA_IPC``). ``owner``,
+``id`` and ``size`` name the buffer for the owner's ledger; a handle of any other shape, a
+descriptor that did not arrive, or one CUDA cannot open is malformed. Without handles they are
 staged through host bytes (18, 19) and land in the receiver's memory for that device: a fake
 device always; a CUDA device only if the receiver has it, else ``cpu`` (with a warning, once).
 A receiver that is a device worker (`numbeam.gpu._devices.current` is not ``"cpu"``) puts a
@@ -333,7 +342,7 @@ def _enc_device_tensor(enc: Encoder, t: Tensor, name: str, shape: list[int], dev
                 mem.mark_exported()
                 return [_T_FAKE_HANDLE, name, shape, seq, i, t._off, device]
         else:
-            handle = _backend(device).export(mem, enc.peer)
+            handle = _backend(device).export(mem, enc.peer, lambda fd, keep: _add_fd(enc, fd, keep))
             if handle is not None:
                 return [_T_CUDA_HANDLE, name, shape, device, seq, t._off, handle]
     enc.shared_bytes = True  # a handle would have spared these bytes
@@ -866,15 +875,32 @@ def _build_fake_handle(dec: Decoder, lst: list[Any]) -> Any:
 
 
 def _build_cuda_handle(dec: Decoder, lst: list[Any]) -> Any:
-    _, name, shape, device, _seq, offset, handle = lst
+    _, name, shape, device, seq, offset, handle = lst
     dt, size = _tensor_dtype(name, shape)
     device = _wire_device(device, ("cuda",))
     if type(offset) is not int or offset < 0:
         raise _malformed("a CUDA tensor handle's offset is not an int >= 0")
     if cuda_count() <= int(device[5:]):
         raise _malformed(f"a CUDA handle to {device}, which this node cannot open")
+
+    def fd_at(index: int) -> int:
+        """The descriptor at ``index`` of those passed with token ``seq`` (a pool's)."""
+        passed = dec._claimed.get(seq) if type(seq) is int else None
+        if passed is None:
+            claim = dec.claim
+            passed = claim(seq) if claim is not None and type(seq) is int else None
+            if passed is None:
+                raise _malformed(f"a CUDA handle's descriptors (token {seq!r}) did not arrive")
+            dec._claimed[seq] = passed
+        if not 0 <= index < len(passed):
+            raise _malformed(f"a CUDA handle names descriptor {index!r} of {len(passed)}")
+        fd = getattr(passed[index], "fd", None)
+        if type(fd) is not int:
+            raise _malformed(f"a CUDA handle names descriptor {index!r}, which is not one")
+        return fd
+
     try:
-        buf = _backend(device).import_handle(device, handle, offset + size, dec.peer)
+        buf = _backend(device).import_handle(device, handle, offset + size, dec.peer, fd_at)
     except (TypeError, ValueError) as e:
         raise _malformed(f"a CUDA tensor handle: {e}") from None
     return _moved(_make(buf, offset, tuple(shape), dt, size), device)
