@@ -33,7 +33,9 @@ the device (``cuMemPoolGetAccess``, ``cuMemPoolSetAccess`` read-write where it i
 each buffer is ``cuMemPoolImportPointer``-ed once per process, cached and counted like a
 legacy one, and freed (device synchronize, ``cuMemFree``) when the last holder here is gone.
 The path is the pool where ``CU_DEVICE_ATTRIBUTE_MEMPOOL_SUPPORTED_HANDLE_TYPES`` has the
-POSIX descriptor bit and ``cuda.bindings`` imports; the legacy path otherwise.
+POSIX descriptor bit, ``cuda.bindings`` imports and the descriptor channel can pass a pool's
+descriptor (`numbeam.tensors._share` sets ``PASSES_DEVICE_FDS``: its ``claim`` must hand such a
+descriptor back unmapped, with its ``fd``); the legacy path otherwise.
 
 *Legacy CUDA IPC* (fallback): buffers are ``cudaMalloc`` (freed with ``cudaFree``); `export`
 gives ``["ipc", handle, owner, id, size]``: the 64-byte ``cudaIpcGetMemHandle`` of the buffer,
@@ -198,12 +200,23 @@ def _choose_path(i: int) -> str:
     if want == "legacy":
         return "legacy"
     why = _pool_unsupported(i)
+    if why is None and want == "auto" and not _channel_passes_pool_fds():
+        why = "the descriptor channel (numbeam.tensors._share) cannot pass a pool's descriptor yet"
     if why is None:
         return "pool"
     if want == "pool":
         raise RuntimeError(f"{ENV}=pool, but cuda:{i} cannot share a memory pool: {why}")
     log.debug("devices: cuda:%d shares memory by legacy CUDA IPC: %s", i, why)
     return "legacy"
+
+
+def _channel_passes_pool_fds() -> bool:
+    """Whether `FdChannel.claim` hands back a descriptor that is not shared memory (a CUDA
+    pool's) unmapped, with its ``fd``, instead of failing the batch: `numbeam.tensors._share`
+    says so with ``PASSES_DEVICE_FDS = True``. Until then ``auto`` keeps to the legacy path."""
+    from numbeam.tensors import _share
+
+    return bool(getattr(_share, "PASSES_DEVICE_FDS", False))
 
 
 def _pool_unsupported(i: int) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from msgpack import ExtType
 from numbeam.gpu import _cuda, _devices
+from numbeam.tensors import _share
 from numbeam.transport import _wire
 from numbeam.transport._wire import Decoder, Encoder, WireError
 
@@ -370,6 +371,7 @@ def drv(rt: _Runtime, monkeypatch: pytest.MonkeyPatch) -> Iterator[_Driver]:
     monkeypatch.setattr(_cuda, "_pools", {})
     monkeypatch.setattr(_cuda, "_imported_pools", {})
     monkeypatch.delenv(_cuda.ENV)
+    monkeypatch.setattr(_share, "PASSES_DEVICE_FDS", True, raising=False)
     yield driver
     _cuda._pins.clear()
     _cuda._imported_pools.clear()
@@ -414,7 +416,15 @@ def test_path_chosen_per_device_at_first_use(drv: _Driver, monkeypatch: pytest.M
     monkeypatch.setenv(_cuda.ENV, "sometimes")
     with pytest.raises(ValueError, match="NUMBEAM_CUDA_IPC"):
         _cuda.ipc_path("cuda:0")
+    # a descriptor channel that cannot pass a pool's descriptor: legacy, unless asked for
+    monkeypatch.setattr(_share, "PASSES_DEVICE_FDS", False)
+    monkeypatch.setattr(_cuda, "_paths", {})
+    monkeypatch.setenv(_cuda.ENV, "auto")
+    assert _cuda.ipc_path("cuda:0") == "legacy"
+    monkeypatch.setenv(_cuda.ENV, "pool")
+    assert _cuda.ipc_path("cuda:1") == "pool"
     # without cuda.bindings: legacy, unless the pool is asked for
+    monkeypatch.setattr(_cuda, "_paths", {})
     monkeypatch.setattr(_cuda, "_drv", None)
     monkeypatch.setattr(_cuda, "_drv_error", "cuda.bindings is not installed")
     monkeypatch.setenv(_cuda.ENV, "auto")
