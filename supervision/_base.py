@@ -72,16 +72,40 @@ class SupervisorBase(GenServer):
     # -- client API --------------------------------------------------------------------------
 
     @classmethod
-    async def start_link(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
-        """Start the supervisor linked to the caller, its flags checked before it starts."""
+    async def start_link(
+        cls,
+        *args: Any,
+        name: str | None = None,
+        node: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> Pid:
+        """Start the supervisor linked to the caller, its flags checked before it starts (on
+        another node, or a device's worker, with `node` / `device`)."""
         cls._check_start_args(args, kwargs)
-        return await super().start_link(*args, name=name, **kwargs)
+        args = cls._for_remote(args, node, device)
+        return await super().start_link(*args, name=name, node=node, device=device, **kwargs)
 
     @classmethod
-    async def start(cls, *args: Any, name: str | None = None, **kwargs: Any) -> Pid:
+    async def start(
+        cls,
+        *args: Any,
+        name: str | None = None,
+        node: str | None = None,
+        device: str | None = None,
+        **kwargs: Any,
+    ) -> Pid:
         """Like `start_link`, without linking the supervisor to the caller."""
         cls._check_start_args(args, kwargs)
-        return await super().start(*args, name=name, **kwargs)
+        args = cls._for_remote(args, node, device)
+        return await super().start(*args, name=name, node=node, device=device, **kwargs)
+
+    @classmethod
+    def _for_remote(
+        cls, args: tuple[Any, ...], node: str | None, device: str | None
+    ) -> tuple[Any, ...]:
+        """The start arguments as they can cross to another node (child specs as data)."""
+        return args
 
     @classmethod
     def _check_start_args(cls, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import logging
 import math
 from collections.abc import Callable, Coroutine, Hashable, Mapping
@@ -41,7 +42,15 @@ from numbeam.actors._runtime import _is_async_fn
 
 from ._policy import RESTARTS, Restart, Shutdown, clean_shutdown
 
-__all__ = ["Child", "ChildType", "shutdown_children", "start_child_process"]
+__all__ = [
+    "Child",
+    "ChildType",
+    "from_wire",
+    "remote_children",
+    "shutdown_children",
+    "start_child_process",
+    "to_wire",
+]
 
 log = logging.getLogger("numbeam")
 
@@ -172,6 +181,73 @@ class Child:
         else:
             shutdown = float(shutdown)
         object.__setattr__(self, "shutdown", shutdown)
+
+
+def to_wire(spec: Child, main_ok: bool = False) -> dict[str, Any]:
+    """`spec` as plain data, to start it from a supervisor on another node (or a device's
+    worker): its `start` by module path (TypeError if the other node cannot import it)."""
+    from numbeam.transport._node import _function_path
+
+    module, qualname = _function_path(spec.start, main_ok=main_ok)
+    return {
+        "$child": f"{module}:{qualname}",
+        "args": list(spec.args),
+        "kwargs": dict(spec.kwargs or {}),
+        "id": spec.id,
+        "restart": spec.restart,
+        "shutdown": spec.shutdown,
+        "type": spec.type,
+        "node": spec.node,
+        "device": spec.device,
+    }
+
+
+def from_wire(data: Any) -> Child:
+    """A `Child` from what `to_wire` made (a Child is returned as it is)."""
+    if isinstance(data, Child):
+        return data
+    if not isinstance(data, dict) or not isinstance(data.get("$child"), str):
+        raise TypeError(f"expected an nb.Child, got {data!r}")
+    from numbeam.transport import _node
+
+    module, _, qualname = data["$child"].partition(":")
+    start: Any
+    if module == "__main__" and _node.main_loader is not None:
+        start = _node.main_loader()
+    else:
+        start = importlib.import_module(module)
+    for part in qualname.split("."):
+        start = getattr(start, part)
+    fields = {k: v for k, v in data.items() if k != "$child"}
+    fields["args"] = tuple(fields.get("args", ()))
+    return Child(start, **fields)
+
+
+def remote_children(children: Any, node: str | None, device: str | None) -> Any:
+    """`children` as plain data when the supervisor is to start on another node or a device
+    (Child specs cannot cross as they are); as they are otherwise."""
+    if node is None and device is None:
+        return children
+    from numbeam.actors._runtime import _rt
+
+    dist = _rt().dist
+    main_ok = device is not None or (dist is not None and node in dist.hidden)
+    return [to_wire(c, main_ok) if isinstance(c, Child) else c for c in children]
+
+
+def child_for(sup: Any, child: Child) -> Any:
+    """`child` as `sup` can receive it: as it is for a supervisor of this node, as plain data
+    for one on another node."""
+    from numbeam.actors._runtime import _rt
+
+    rt = _rt()
+    remote = (type(sup) is Pid and sup.node != rt.node) or (
+        type(sup) is tuple and len(sup) == 2 and sup[1] != rt.node
+    )
+    if not remote:
+        return child
+    node = sup.node if type(sup) is Pid else sup[1]
+    return to_wire(child, main_ok=rt.dist is not None and node in rt.dist.hidden)
 
 
 async def start_child_process(spec: Child) -> Pid:

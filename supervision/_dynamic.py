@@ -18,7 +18,7 @@ from typing import Any
 from numbeam.actors import Pid, Ref, StartError, Stop, call, is_alive, is_normal_exit, make_ref
 
 from ._base import SupervisorBase
-from ._child import Child, report, shutdown_children, start_child_process
+from ._child import Child, child_for, from_wire, report, shutdown_children, start_child_process
 from ._policy import check_intensity, check_max_children, check_period
 
 __all__ = ["DynamicSupervisor"]
@@ -56,6 +56,8 @@ class DynamicSupervisor(SupervisorBase):
         intensity: int = 3,
         period: float = 5.0,
         name: str | None = None,
+        node: str | None = None,
+        device: str | None = None,
     ) -> Pid:
         """Start a dynamic supervisor linked to the caller.
 
@@ -64,12 +66,18 @@ class DynamicSupervisor(SupervisorBase):
             intensity: the most restarts (an int >= 0) allowed within `period`.
             period: the window of `intensity`, in seconds (> 0).
             name: register the supervisor under this name.
+            node: start it on that node; device: on that device's worker.
 
         Raises:
             TypeError, ValueError: a bad max_children, intensity or period.
         """
         return await super().start_link(
-            max_children=max_children, intensity=intensity, period=period, name=name
+            max_children=max_children,
+            intensity=intensity,
+            period=period,
+            name=name,
+            node=node,
+            device=device,
         )
 
     @staticmethod
@@ -82,7 +90,7 @@ class DynamicSupervisor(SupervisorBase):
         """
         if not isinstance(child, Child):
             raise TypeError(f"DynamicSupervisor.start_child() takes an nb.Child, got {child!r}")
-        result = await call(dyn, ("start_child", child), timeout=None)
+        result = await call(dyn, ("start_child", child_for(dyn, child)), timeout=None)
         if result[0] == "error":
             if result[1] == "max_children":
                 raise StartError(
@@ -146,6 +154,8 @@ class DynamicSupervisor(SupervisorBase):
 
     async def handle_call(self, request: Any, caller: Any) -> Any:
         tag = request[0] if type(request) is tuple and request else None
+        if tag == "start_child" and len(request) == 2 and isinstance(request[1], dict):
+            request = ("start_child", from_wire(request[1]))
         if tag == "start_child" and len(request) == 2 and isinstance(request[1], Child):
             spec = request[1]
             limit = self._max_children

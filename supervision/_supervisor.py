@@ -36,7 +36,15 @@ from numbeam.actors import (
 )
 
 from ._base import SupervisorBase
-from ._child import Child, report, shutdown_children, start_child_process
+from ._child import (
+    Child,
+    child_for,
+    from_wire,
+    remote_children,
+    report,
+    shutdown_children,
+    start_child_process,
+)
 from ._policy import (
     Strategy,
     backoff_delay,
@@ -140,6 +148,14 @@ class Supervisor(SupervisorBase):
 
     _flags = staticmethod(_check_flags)
 
+    @classmethod
+    def _for_remote(
+        cls, args: tuple[Any, ...], node: str | None, device: str | None
+    ) -> tuple[Any, ...]:
+        if not args:
+            return args
+        return (remote_children(args[0], node, device), *args[1:])
+
     # -- client API --------------------------------------------------------------------------
 
     @classmethod
@@ -152,6 +168,8 @@ class Supervisor(SupervisorBase):
         period: float = 5.0,
         backoff: tuple[float, float] | None = None,
         name: str | None = None,
+        node: str | None = None,
+        device: str | None = None,
     ) -> Pid:
         """Start a supervisor linked to the caller and wait until all its children run.
 
@@ -168,6 +186,9 @@ class Supervisor(SupervisorBase):
                 is retried every `maximum` seconds until the node is back, instead of
                 exhausting the supervisor.
             name: register the supervisor under this name.
+            node: start the supervisor (and so, by default, its children) on that node; its
+                children's `start` must be importable there by module path.
+            device: start it on that device's worker, as for `node`.
 
         Raises:
             TypeError, ValueError: a bad child list, strategy, intensity, period or backoff.
@@ -181,6 +202,8 @@ class Supervisor(SupervisorBase):
             period=period,
             backoff=backoff,
             name=name,
+            node=node,
+            device=device,
         )
 
     @staticmethod
@@ -211,7 +234,9 @@ class Supervisor(SupervisorBase):
         """
         if not isinstance(child, Child):
             raise TypeError(f"Supervisor.start_child() takes an nb.Child, got {child!r}")
-        pid: Pid = await _request(sup, ("start_child", child), "Supervisor.start_child()")
+        pid: Pid = await _request(
+            sup, ("start_child", child_for(sup, child)), "Supervisor.start_child()"
+        )
         return pid
 
     @staticmethod
@@ -260,6 +285,7 @@ class Supervisor(SupervisorBase):
         backoff: tuple[float, float] | None = None,
     ) -> None:
         """Start the children in order; on a failure stop them in reverse and give up."""
+        children = [from_wire(c) for c in children]  # (specs sent from another node: data)
         specs = _check_flags(
             children, strategy=strategy, intensity=intensity, period=period, backoff=backoff
         )
@@ -295,6 +321,8 @@ class Supervisor(SupervisorBase):
                 "supervisors": supervisors,
                 "workers": len(self._children) - supervisors,
             }
+        if tag == "start_child" and len(request) == 2 and isinstance(request[1], dict):
+            request = ("start_child", from_wire(request[1]))
         if tag == "start_child" and len(request) == 2 and isinstance(request[1], Child):
             return await self._start_new_child(request[1])
         if tag in ("terminate_child", "restart_child", "delete_child") and len(request) == 2:
@@ -348,11 +376,13 @@ class Supervisor(SupervisorBase):
             record.timer = None
             await self._restart(record, counted=False)
 
-    def _delayed(self, record: _ChildRecord) -> bool:
-        """With backoff, put off the restart of `record` if its streak says so."""
+    def _delayed(self, record: _ChildRecord, ran: bool = True) -> bool:
+        """With backoff, put off the restart of `record` if its streak says so. `ran`: it
+        exited after running (False: its restart failed to start it, which never ends a
+        streak, however long ago it last started)."""
         if self._backoff is None:
             return False
-        if asyncio.get_running_loop().time() - record.started_at >= self._backoff[1]:
+        if ran and asyncio.get_running_loop().time() - record.started_at >= self._backoff[1]:
             record.streak = 0  # it ran long enough: a new streak
         delay = backoff_delay(record.streak, self._backoff)
         record.streak += 1
@@ -435,7 +465,7 @@ class Supervisor(SupervisorBase):
             try:
                 self._started(other, await start_child_process(other.spec))
             except StartError as e:
-                if self._delayed(other):
+                if self._delayed(other, ran=False):
                     report(logging.ERROR, self._name, "start_error", other.spec, reason=e.reason)
                     return
                 other.restarting = True

@@ -56,9 +56,18 @@ async def test_start_link_refuses_a_bad_backoff_before_starting():
 
 def test_start_link_signatures_show_their_options():
     sup = inspect.signature(nb.Supervisor.start_link).parameters
-    assert list(sup) == ["children", "strategy", "intensity", "period", "backoff", "name"]
+    assert list(sup) == [
+        "children",
+        "strategy",
+        "intensity",
+        "period",
+        "backoff",
+        "name",
+        "node",
+        "device",
+    ]
     dyn = inspect.signature(nb.DynamicSupervisor.start_link).parameters
-    assert list(dyn) == ["max_children", "intensity", "period", "name"]
+    assert list(dyn) == ["max_children", "intensity", "period", "name", "node", "device"]
 
 
 # -- a supervisor with backoff -----------------------------------------------------------------

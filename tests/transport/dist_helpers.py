@@ -190,3 +190,17 @@ class RemoteWorker:
     @classmethod
     async def start_link(cls, node: str, report_to: nb.Pid) -> nb.Pid:
         return nb.spawn_link("dist_helpers:announce_and_wait", report_to, node=node)
+
+
+class Announcer(nb.GenServer):
+    """A server for ``start_link(..., node=)``: ``init(report_to)`` tells `report_to`
+    ``("worker", self, node)``; a call is echoed with the node's name. ``fail=True`` makes
+    `init` raise."""
+
+    async def init(self, report_to: nb.Pid, fail: bool = False) -> None:
+        if fail:
+            raise ValueError("init refused")
+        nb.send(report_to, ("worker", nb.self(), nb.node()))
+
+    async def handle_call(self, request: object, caller: object) -> object:
+        return ("echo", request, nb.node())
