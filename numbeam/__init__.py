@@ -14,7 +14,7 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
-from numbeam import gpu, tensors
+from numbeam import gpu, pipeline, tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -65,6 +65,7 @@ from numbeam.actors import (
     unregister,
     whereis,
 )
+from numbeam.pipeline import Pipeline
 from numbeam.supervision import Child, DynamicSupervisor, Supervisor
 from numbeam.tensors import Tensor, tensor
 from numbeam.transport import (
@@ -96,6 +97,7 @@ __all__ = [
     "NodeDown",
     "NodeOptions",
     "Pid",
+    "Pipeline",
     "Ref",
     "RemoteError",
     "Runtime",
@@ -128,6 +130,7 @@ __all__ = [
     "node",
     "nodes",
     "pg",
+    "pipeline",
     "process_info",
     "processes",
     "receive",
