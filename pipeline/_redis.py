@@ -93,11 +93,13 @@ class RedisStreamSource:
             self._ready = True
         return self._client
 
-    def _take(self, entries: Any, out: list[Any], dead: list[str]) -> None:
+    def _take(self, entries: Any, out: list[Any], dead: list[str], known: set[str]) -> None:
         for entry_id, fields in entries or ():
             eid = _str(entry_id)
-            if eid in self._outstanding:
-                continue  # already ours and in flight: never handed out twice
+            if eid in self._outstanding or eid in known:
+                # Already ours and in flight, or it was when the request was sent (an ack
+                # running meanwhile may have removed it since): never handed out twice.
+                continue
             if fields is None:  # deleted from the stream while pending
                 dead.append(eid)
                 continue
@@ -111,6 +113,7 @@ class RedisStreamSource:
         out: list[Any] = []
         dead: list[str] = []
         if self._own_cursor is not None:
+            known = set(self._outstanding)
             reply = await r.xreadgroup(
                 self.group, self.consumer, {self.stream: self._own_cursor}, count=demand
             )
@@ -118,7 +121,7 @@ class RedisStreamSource:
             if entries:
                 self._own_cursor = _str(entries[-1][0])
                 before = len(out)
-                self._take(entries, out, dead)
+                self._take(entries, out, dead, known)
                 self.redelivered += len(out) - before
             else:
                 self._own_cursor = None
@@ -126,6 +129,7 @@ class RedisStreamSource:
         if len(out) < demand and self.claim_idle is not None:
             now = time.monotonic()
             if now >= self._next_claim:
+                known = set(self._outstanding)
                 res = await r.xautoclaim(
                     self.stream,
                     self.group,
@@ -136,7 +140,7 @@ class RedisStreamSource:
                 )
                 cursor = _str(res[0])
                 before = len(out)
-                self._take(res[1], out, dead)
+                self._take(res[1], out, dead, known)
                 got = len(out) - before
                 self.claimed += got
                 claimed_any = got > 0
@@ -150,7 +154,7 @@ class RedisStreamSource:
             reply = await r.xreadgroup(
                 self.group, self.consumer, {self.stream: ">"}, count=demand - len(out), block=block
             )
-            self._take(reply[0][1] if reply else [], out, dead)
+            self._take(reply[0][1] if reply else [], out, dead, set())
         if dead:
             await r.xack(self.stream, self.group, *dead)
         if not out and self.until_empty and self._own_cursor is None and not claimed_any:
