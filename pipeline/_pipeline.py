@@ -305,14 +305,21 @@ def _resolve_class(ref: Any) -> type[Pipeline]:
     return obj
 
 
-def _remote_reason(e: BaseException) -> RemoteError:
+def _remote_reason(e: BaseException) -> tuple[str, str, str, str]:
+    """An exception as it crosses from a device's worker: plain strings (RemoteError here)."""
     tb = "".join(traceback.format_exception(e))
-    return RemoteError(type(e).__name__, str(e), tb)
+    return ("$remote_error", type(e).__name__, str(e), tb)
+
+
+def _reason(r: Any) -> Any:
+    if type(r) in (tuple, list) and len(r) == 4 and r[0] == "$remote_error":
+        return RemoteError(r[1], r[2], r[3])
+    return r
 
 
 async def _processor(coord: Pid, cls_ref: Any, keep_results: bool, max_demand: int) -> None:
-    """A processor: ask for `max_demand` items, run ``handle_message`` on each batch of items
-    it is given, report the outcomes (which is its demand for as many more)."""
+    """A processor: ask for `max_demand` items, run ``handle_message`` on each chunk of items
+    it is given, report the chunk's outcome (which is its demand for as many more)."""
     local = isinstance(cls_ref, type)
     handler = _resolve_class(cls_ref)()
     me = _current.get().pid
@@ -320,17 +327,29 @@ async def _processor(coord: Pid, cls_ref: Any, keep_results: bool, max_demand: i
     handle = handler.handle_message
     while True:
         msg = await receive()
-        if type(msg) is not tuple or len(msg) != 2 or msg[0] != "$pl_items":
+        if type(msg) is not tuple or len(msg) != 3 or msg[0] != "$pl_items":
             continue
-        out = []
-        for ident, item in msg[1]:
-            try:
-                value = await handle(item)
-            except Exception as e:
-                out.append((ident, False, e if local else _remote_reason(e)))
-            else:
-                out.append((ident, True, value if keep_results else None))
-        send(coord, ("$pl_done", me, out))
+        values: list[Any] | None = None
+        errors: list[Any] | None = None
+        if keep_results:
+            values = []
+            for item in msg[2]:
+                try:
+                    values.append(await handle(item))
+                except Exception as e:
+                    if errors is None:
+                        errors = []
+                    errors.append((len(values), e if local else _remote_reason(e)))
+                    values.append(None)
+        else:
+            for i, item in enumerate(msg[2]):
+                try:
+                    await handle(item)
+                except Exception as e:
+                    if errors is None:
+                        errors = []
+                    errors.append((i, e if local else _remote_reason(e)))
+        send(coord, ("$pl_done", me, msg[1], values, errors))
 
 
 async def _batcher(coord: Pid, cls: type[Pipeline], batch_size: int, timeout: float) -> None:
@@ -340,54 +359,67 @@ async def _batcher(coord: Pid, cls: type[Pipeline], batch_size: int, timeout: fl
     me = _current.get().pid
     loop = asyncio.get_running_loop()
     send(coord, ("$pl_ask_batch", me))
-    ids: list[int] = []
+    chunks: list[int] = []
     values: list[Any] = []
     deadline = 0.0
     flush = False
     while True:
-        if ids and (flush or len(ids) >= batch_size or loop.time() >= deadline):
+        if values and (flush or len(values) >= batch_size or loop.time() >= deadline):
             err: BaseException | None = None
             try:
                 await handler.handle_batch(values)
             except Exception as e:
                 err = e
-            send(coord, ("$pl_batched", me, ids, err))
-            ids, values, flush = [], [], False
+            send(coord, ("$pl_batched", me, chunks, err))
+            chunks, values, flush = [], [], False
             continue
         try:
-            msg = await receive(timeout=max(0.0, deadline - loop.time()) if ids else None)
+            msg = await receive(timeout=max(0.0, deadline - loop.time()) if values else None)
         except TimeoutError:
             continue
-        if type(msg) is tuple and len(msg) == 2 and msg[0] == "$pl_batch":
-            if not ids:
+        if type(msg) is tuple and len(msg) == 3 and msg[0] == "$pl_batch":
+            if not values:
                 deadline = loop.time() + timeout
-            for ident, value in msg[1]:
-                ids.append(ident)
-                values.append(value)
+            chunks.append(msg[1])
+            values.extend(msg[2])
         elif msg == "$pl_flush":
-            flush = bool(ids)
+            flush = bool(values)
 
 
 # -- the coordinator ------------------------------------------------------------------------
 
 
-class _Item:
-    __slots__ = ("failures", "item", "value")
+class _Chunk:
+    """Items that travel together: fetched together, handed to one processor in one message,
+    to the batcher in one message. `fails` counts each item's failed attempts (None: none);
+    `values` are their results once processed."""
 
-    def __init__(self, item: Any) -> None:
-        self.item = item
-        self.value: Any = None
-        self.failures = 0
+    __slots__ = ("fails", "items", "values")
+
+    def __init__(self, items: list[Any], fails: list[int] | None = None) -> None:
+        self.items = items
+        self.fails = fails
+        self.values: list[Any] | None = None
+
+    def split(self, n: int) -> tuple[_Chunk, _Chunk]:
+        """The first `n` items, and the rest."""
+        fails = self.fails
+        head = _Chunk(self.items[:n], None if fails is None else fails[:n])
+        tail = _Chunk(self.items[n:], None if fails is None else fails[n:])
+        if self.values is not None:
+            head.values, tail.values = self.values[:n], self.values[n:]
+        return head, tail
 
 
 class _Stage:
-    """A processor or the batcher as the coordinator sees it."""
+    """A processor or the batcher as the coordinator sees it: the chunks it holds (by id) and
+    how many more items it may be given."""
 
     __slots__ = ("free", "held", "ready", "ref")
 
     def __init__(self, free: int, ref: Any) -> None:
         self.free = free
-        self.held: set[int] = set()
+        self.held: dict[int, _Chunk] = {}
         self.ref = ref
         self.ready = False
 
@@ -405,23 +437,30 @@ class _Coordinator:
         self.batch_timeout: float = opts["batch_timeout"]
         self.devices: list[str] = opts["devices"]
         self.batching = cls.handle_batch is not Pipeline.handle_batch
-        self.chunk = max(1, (self.max_demand + 1) // 2)
+        self.chunk = self.max_demand  # items per message to a processor, at most
+        self.free_total = 0  # the processors' demand, in items
         self.proc_bound = self.concurrency * self.max_demand
         self.bound = self.proc_bound + (self.batch_size if self.batching else 0)
+        # the built-in sources' synchronous fast paths (no task per fetch or ack)
+        self.fetch_now = getattr(source, "_fetch_now", None)
+        self.ack_noop = getattr(source, "_ack_noop", False) is True
         self.me: Pid = _current.get().pid
         self.loop = asyncio.get_running_loop()
         self.started = time.monotonic()
         self.sup: Pid | None = None
-        # item records by id; ids of items queued for a processor / waiting for the batcher
-        self.items: dict[int, _Item] = {}
         self.next_id = 0
-        self.queue: deque[int] = deque()
-        self.waiting: deque[int] = deque()
+        # chunks waiting for a processor, and results waiting for the batcher (item counts)
+        self.queue: deque[_Chunk] = deque()
+        self.queued = 0
+        self.waiting: deque[_Chunk] = deque()
+        self.n_waiting = 0
         self.procs: dict[Pid, _Stage] = {}
         self.ready: deque[Pid] = deque()
         self.batchers: dict[Pid, _Stage] = {}
         self.in_procs = 0
-        # acknowledgements not yet handed to the source, and those being handed now
+        self.in_batch = 0
+        self.out = 0  # fetched and not yet acknowledged to the source
+        # acknowledgements not yet handed to the source, and how many are being handed now
         self.ack_ok: list[Any] = []
         self.ack_failed: list[tuple[Any, Any]] = []
         self.acking = 0
@@ -439,27 +478,25 @@ class _Coordinator:
         self.retried = 0
         self.processed = 0
         self.batched = 0
-        self.max_unacked = 0
+        self.max_out = 0
 
     # -- bookkeeping
-
-    def unacked(self) -> int:
-        return len(self.items) + len(self.ack_ok) + len(self.ack_failed) + self.acking
 
     def summary(self) -> dict[str, int]:
         return {"ok": self.ok, "failed": self.failed, "retried": self.retried}
 
     def stats(self) -> dict[str, Any]:
         elapsed = max(time.monotonic() - self.started, 1e-9)
+        acked = self.ok + self.failed
         return {
             "name": self.name,
             "fetched": self.fetched,
-            "in_flight": self.unacked(),
+            "in_flight": self.out,
             "ok": self.ok,
             "failed": self.failed,
             "retried": self.retried,
-            "queued": len(self.queue),
-            "max_in_flight": self.max_unacked,
+            "queued": self.queued,
+            "max_in_flight": self.max_out,
             "bound": self.bound,
             "elapsed_s": elapsed,
             "stages": {
@@ -471,15 +508,12 @@ class _Coordinator:
                 },
                 "batcher": {
                     "count": len(self.batchers),
-                    "in_flight": sum(len(b.held) for b in self.batchers.values()),
-                    "waiting": len(self.waiting),
+                    "in_flight": self.in_batch,
+                    "waiting": self.n_waiting,
                     "done": self.batched,
                     "per_s": self.batched / elapsed,
                 },
-                "acknowledged": {
-                    "done": self.ok + self.failed,
-                    "per_s": (self.ok + self.failed) / elapsed,
-                },
+                "acknowledged": {"done": acked, "per_s": acked / elapsed},
             },
             "processors": list(self.procs),
             "batchers": list(self.batchers),
@@ -487,22 +521,46 @@ class _Coordinator:
             "stopping": self.stopping,
         }
 
-    def complete(self, ident: int, reason: Any = None, failed: bool = False) -> None:
-        rec = self.items.pop(ident)
-        if failed:
-            self.failed += 1
-            self.ack_failed.append((rec.item, reason))
-            log.warning(
-                "pipeline %s: item %.200r failed after %d attempt(s): %r",
-                self.name,
-                rec.item,
-                rec.failures,
-                reason,
-                extra={"numbeam_pipeline": self.name, "numbeam_reason": reason},
-            )
-        else:
-            self.ok += 1
-            self.ack_ok.append(rec.item)
+    def fail(self, item: Any, reason: Any, attempts: int) -> None:
+        self.failed += 1
+        self.ack_failed.append((item, reason))
+        log.warning(
+            "pipeline %s: item %.200r failed after %d attempt(s): %r",
+            self.name,
+            item,
+            attempts,
+            reason,
+            extra={"numbeam_pipeline": self.name, "numbeam_reason": reason},
+        )
+
+    def sort_out(self, ch: _Chunk, errors: dict[int, Any]) -> tuple[_Chunk, _Chunk | None]:
+        """Split a chunk whose items `errors` (index -> reason) failed: the ones that went
+        through, and those to try again; the others are acknowledged as failed."""
+        good: list[Any] = []
+        good_fails: list[int] = []
+        good_values: list[Any] = []
+        again: list[Any] = []
+        again_fails: list[int] = []
+        values = ch.values
+        for i, item in enumerate(ch.items):
+            f = 0 if ch.fails is None else ch.fails[i]
+            if i in errors:
+                f += 1
+                if f <= self.max_retries:
+                    again.append(item)
+                    again_fails.append(f)
+                else:
+                    self.fail(item, _reason(errors[i]), f)
+            else:
+                good.append(item)
+                good_fails.append(f)
+                good_values.append(None if values is None else values[i])
+        ok = _Chunk(good, good_fails)
+        ok.values = good_values
+        if not again:
+            return ok, None
+        self.retried += len(again)
+        return ok, _Chunk(again, again_fails)
 
     # -- the stages' messages
 
@@ -510,35 +568,36 @@ class _Coordinator:
         if pid in self.procs:
             return
         st = self.procs[pid] = _Stage(n, monitor(pid))
+        self.free_total += n
         st.ready = True
         self.ready.append(pid)
 
-    def on_done(self, pid: Pid, out: list[Any]) -> None:
+    def on_done(self, pid: Pid, cid: int, values: Any, errors: Any) -> None:
         st = self.procs.get(pid)
         if st is None:
             return
-        held = st.held
-        for ident, ok, value in out:
-            if ident not in held:
-                continue  # not this processor's any more: never acknowledged twice
-            held.discard(ident)
-            st.free += 1
-            self.in_procs -= 1
-            rec = self.items[ident]
-            if ok:
-                self.processed += 1
-                if self.batching:
-                    rec.value = value
-                    self.waiting.append(ident)
-                else:
-                    self.complete(ident)
+        ch = st.held.pop(cid, None)
+        if ch is None:
+            return  # not this processor's any more: never acknowledged twice
+        n = len(ch.items)
+        st.free += n
+        self.free_total += n
+        self.in_procs -= n
+        ch.values = values
+        if errors:
+            ch, again = self.sort_out(ch, dict(errors))
+            if again is not None:
+                self.queue.append(again)
+                self.queued += len(again.items)
+        k = len(ch.items)
+        self.processed += k
+        if k:
+            if self.batching:
+                self.waiting.append(ch)
+                self.n_waiting += k
             else:
-                rec.failures += 1
-                if rec.failures <= self.max_retries:
-                    self.retried += 1
-                    self.queue.append(ident)
-                else:
-                    self.complete(ident, value, failed=True)
+                self.ok += k
+                self.ack_ok.extend(ch.items)
         if not st.ready and st.free > 0:
             st.ready = True
             self.ready.append(pid)
@@ -547,47 +606,55 @@ class _Coordinator:
         if pid not in self.batchers:
             self.batchers[pid] = _Stage(self.batch_size, monitor(pid))
 
-    def on_batched(self, pid: Pid, ids: list[int], err: Any) -> None:
+    def on_batched(self, pid: Pid, cids: list[int], err: Any) -> None:
         st = self.batchers.get(pid)
         if st is None:
             return
-        for ident in ids:
-            if ident not in st.held:
+        for cid in cids:
+            ch = st.held.pop(cid, None)
+            if ch is None:
                 continue
-            st.held.discard(ident)
-            st.free += 1
-            rec = self.items[ident]
+            n = len(ch.items)
+            st.free += n
+            self.in_batch -= n
             if err is None:
-                self.batched += 1
-                self.complete(ident)
-            else:
-                rec.failures += 1
-                if rec.failures <= self.max_retries:
-                    self.retried += 1
-                    self.waiting.append(ident)
-                else:
-                    self.complete(ident, err, failed=True)
+                self.batched += n
+                self.ok += n
+                self.ack_ok.extend(ch.items)
+                continue
+            _, again = self.sort_out(ch, dict.fromkeys(range(n), err))
+            if again is not None:
+                again.values = ch.values
+                self.waiting.append(again)
+                self.n_waiting += len(again.items)
 
     def on_down(self, down: Down) -> bool:
         """A processor or batcher died: what it held goes back. False if it was neither."""
         st = self.procs.pop(down.pid, None)
         if st is not None:
-            n = len(st.held)
-            self.in_procs -= n
-            self.retried += n
-            self.queue.extendleft(sorted(st.held, reverse=True))
+            self.free_total -= st.free
+            for ch in reversed(st.held.values()):
+                n = len(ch.items)
+                self.in_procs -= n
+                self.retried += n
+                self.queued += n
+                self.queue.appendleft(ch)
             return True
         st = self.batchers.pop(down.pid, None)
         if st is not None:
-            self.retried += len(st.held)
-            self.waiting.extendleft(sorted(st.held, reverse=True))
+            for ch in reversed(st.held.values()):
+                n = len(ch.items)
+                self.in_batch -= n
+                self.retried += n
+                self.n_waiting += n
+                self.waiting.appendleft(ch)
             return True
         return False
 
     # -- moving items
 
     def dispatch(self) -> None:
-        queue, items, ready, procs = self.queue, self.items, self.ready, self.procs
+        queue, ready, procs = self.queue, self.ready, self.procs
         while queue and ready:
             pid = ready[0]
             st = procs.get(pid)
@@ -596,46 +663,64 @@ class _Coordinator:
                 if st is not None:
                     st.ready = False
                 continue
-            k = min(st.free, self.chunk, len(queue))
-            batch = []
-            for _ in range(k):
-                ident = queue.popleft()
-                batch.append((ident, items[ident].item))
-                st.held.add(ident)
-            st.free -= k
-            self.in_procs += k
-            send(pid, ("$pl_items", batch))
+            ch = queue.popleft()
+            n = len(ch.items)
+            if n > st.free:
+                ch, rest = ch.split(st.free)
+                queue.appendleft(rest)
+                n = st.free
+            self.queued -= n
+            cid = self.next_id
+            self.next_id += 1
+            st.held[cid] = ch
+            st.free -= n
+            self.free_total -= n
+            self.in_procs += n
+            send(pid, ("$pl_items", cid, ch.items))
             ready.popleft()
             if st.free > 0:
                 ready.append(pid)
             else:
                 st.ready = False
-        if self.waiting and self.batchers:
+        waiting = self.waiting
+        if waiting and self.batchers:
             for pid, b in self.batchers.items():
-                if not self.waiting:
-                    break
-                k = min(b.free, len(self.waiting))
-                if k <= 0:
-                    continue
-                batch = []
-                for _ in range(k):
-                    ident = self.waiting.popleft()
-                    batch.append((ident, items[ident].value))
-                    b.held.add(ident)
-                b.free -= k
-                b.ready = False
-                send(pid, ("$pl_batch", batch))
-        if (self.exhausted or self.stopping) and not queue and not self.in_procs:
-            if not self.waiting:
-                for pid, b in self.batchers.items():
-                    if b.held and not b.ready:  # (for a batcher, ready: flush sent)
-                        b.ready = True
-                        send(pid, "$pl_flush")
+                while waiting and b.free > 0:
+                    ch = waiting.popleft()
+                    n = len(ch.items)
+                    if n > b.free:
+                        ch, rest = ch.split(b.free)
+                        waiting.appendleft(rest)
+                        n = b.free
+                    self.n_waiting -= n
+                    cid = self.next_id
+                    self.next_id += 1
+                    b.held[cid] = ch
+                    b.free -= n
+                    self.in_batch += n
+                    b.ready = False
+                    send(pid, ("$pl_batch", cid, ch.values))
+        if (
+            (self.exhausted or self.stopping)
+            and not self.queued
+            and not self.in_procs
+            and not self.n_waiting
+        ):
+            for pid, b in self.batchers.items():
+                if b.held and not b.ready:  # (for a batcher, ready: flush sent)
+                    b.ready = True
+                    send(pid, "$pl_flush")
 
     def demand(self) -> int:
-        free = sum(st.free for st in self.procs.values()) - len(self.queue)
-        room = self.proc_bound - (len(self.queue) + self.in_procs + len(self.waiting))
-        return min(free, room, self.bound - self.unacked())
+        """How many items to fetch now: what the processors ask for beyond what is queued,
+        within the bounds. Small demands wait for more while processors are busy, so that
+        fetches (and their round trips to a broker) come in chunks."""
+        free = self.free_total - self.queued
+        room = self.proc_bound - (self.queued + self.in_procs + self.n_waiting)
+        n = min(free, room, self.bound - self.out)
+        if n < self.chunk and (self.queued or self.in_procs):
+            return 0
+        return n
 
     def maybe_fetch(self) -> None:
         if self.exhausted or self.stopping or self.fetch_task is not None:
@@ -643,7 +728,11 @@ class _Coordinator:
         if self.poll_timer is not None:
             return
         n = self.demand()
-        if n > 0:
+        if n <= 0:
+            return
+        if self.fetch_now is not None:
+            self.on_fetched(n, self.fetch_now(n), None)
+        else:
             self.fetch_task = self.loop.create_task(self._fetch(n))
 
     async def _fetch(self, n: int) -> None:
@@ -668,32 +757,38 @@ class _Coordinator:
                 f"pipeline {self.name}: {self.source!r}.fetch() returned {got!r}; it must "
                 "return a list of items, [] for none yet, or None when exhausted"
             )
-        if len(got) > n:
+        k = len(got)
+        if k > n:
             raise ValueError(
-                f"pipeline {self.name}: {self.source!r}.fetch({n}) returned {len(got)} items, "
+                f"pipeline {self.name}: {self.source!r}.fetch({n}) returned {k} items, "
                 "more than it was asked for"
             )
-        if not got:
+        if not k:
             # none yet: ask again later, a little later each time (up to 0.2 s)
             self.poll_delay = min(0.2, max(0.002, self.poll_delay * 2))
             self.poll_timer = send_after(self.poll_delay, self.me, "$pl_poll")
             return
         self.poll_delay = 0.0
-        self.fetched += len(got)
-        for item in got:
-            ident = self.next_id
-            self.next_id += 1
-            self.items[ident] = _Item(item)
-            self.queue.append(ident)
-        unacked = self.unacked()
-        if unacked > self.max_unacked:
-            self.max_unacked = unacked
+        self.fetched += k
+        self.out += k
+        self.queued += k
+        size = self.chunk
+        if k <= size:
+            self.queue.append(_Chunk(got if type(got) is list else list(got)))
+        else:
+            for i in range(0, k, size):
+                self.queue.append(_Chunk(list(got[i : i + size])))
+        if self.out > self.max_out:
+            self.max_out = self.out
 
     def maybe_ack(self) -> None:
         if self.ack_task is not None or not (self.ack_ok or self.ack_failed):
             return
         ok, failed = self.ack_ok, self.ack_failed
         self.ack_ok, self.ack_failed = [], []
+        if self.ack_noop:
+            self.out -= len(ok) + len(failed)
+            return
         self.acking = len(ok) + len(failed)
         self.ack_task = self.loop.create_task(self._ack(ok, failed))
 
@@ -712,7 +807,7 @@ class _Coordinator:
             (self.exhausted or self.stopping)
             and self.fetch_task is None
             and self.ack_task is None
-            and self.unacked() == 0
+            and self.out == 0
         )
 
     # -- the loop
@@ -749,16 +844,19 @@ class _Coordinator:
             self.maybe_ack()
             if self.finished():
                 return
+            if self.queue and self.ready:
+                continue  # a synchronous fetch gave items a processor can take now
             msg = await receive()
             t = type(msg)
             if t is tuple:
                 tag = msg[0]
                 if tag == "$pl_done":
-                    self.on_done(msg[1], msg[2])
+                    self.on_done(msg[1], msg[2], msg[3], msg[4])
                 elif tag == "$pl_fetched":
                     self.on_fetched(msg[1], msg[2], msg[3])
                 elif tag == "$pl_acked":
                     self.ack_task = None
+                    self.out -= self.acking
                     self.acking = 0
                     if msg[1] is not None:
                         raise msg[1]

@@ -56,16 +56,22 @@ def check_source(source: Any) -> None:
 class _IterableSource:
     """Items from an ordinary iterable, taken as they are asked for."""
 
+    _ack_noop = True  # the pipeline may skip calling ack (it does nothing)
+
     def __init__(self, items: Iterable[Any]) -> None:
         self._it: Iterator[Any] | None = iter(items)
 
-    async def fetch(self, demand: int) -> list[Any] | None:
+    def _fetch_now(self, demand: int) -> list[Any] | None:
+        """`fetch` without a coroutine: the pipeline calls this one directly."""
         if self._it is None:
             return None
         got = list(itertools.islice(self._it, demand))
         if len(got) < demand:
             self._it = None  # an iterator that ran short is done (a generator cannot resume)
         return got or None
+
+    async def fetch(self, demand: int) -> list[Any] | None:
+        return self._fetch_now(demand)
 
     async def ack(self, ok_items: list[Any], failed: list[tuple[Any, Any]]) -> None:
         """Nothing to tell an iterable: the pipeline's summary counts the outcomes."""
@@ -85,6 +91,8 @@ def from_iterable(items: Iterable[Any]) -> Source:
 class _AsyncIterableSource:
     """Items from an async iterable. At most one item is read ahead: the pending ``__anext__``
     is kept between fetches (never cancelled until the pipeline ends), so none is lost."""
+
+    _ack_noop = True
 
     def __init__(self, items: AsyncIterable[Any]) -> None:
         self._it: AsyncIterator[Any] = aiter(items)
@@ -144,6 +152,8 @@ class QueueSource:
 
     Made by `from_queue`; used from the same event loop as the pipeline.
     """
+
+    _ack_noop = True
 
     def __init__(self, maxsize: int) -> None:
         self.maxsize = maxsize
