@@ -122,3 +122,13 @@ def test_quick_devices_benchmark_runs_and_prints_every_row() -> None:
         matching = [line for line in out.splitlines() if line.startswith(row)]
         assert matching, f"no {row!r} row in the benchmark output:\n{out}"
         assert any(r in matching[0] for r in ("PASS", "FAIL", "info")), matching[0]
+
+
+def test_quick_pipeline_benchmark_runs_and_prints_every_row() -> None:
+    """nb.Pipeline against an asyncio.Queue worker pool (20k items) and, with a redis-server on
+    the PATH, against a bare XREADGROUP/XACK loop (5k entries); the run exits 0 (~3 s)."""
+    out = run_quick(BENCH.parent / "pipeline.py")
+    for row in ("in memory", "redis stream"):
+        matching = [line for line in out.splitlines() if line.startswith(row)]
+        assert matching, f"no {row!r} row in the benchmark output:\n{out}"
+        assert any(r in matching[0] for r in ("PASS", "FAIL", "SKIP")), matching[0]

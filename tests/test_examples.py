@@ -147,6 +147,17 @@ def test_devices_example_pins_layers_and_survives_a_killed_worker() -> None:
     assert "all 8 batches correct" in out
 
 
+def test_pipeline_example_retries_failures_redoes_a_killed_processor_and_loses_nothing() -> None:
+    out = run_ok([str(EXAMPLES / "pipeline.py")])
+    assert "reading 200 chunks from an in-memory source" in out
+    assert re.search(rf"\d+ chunks done: killed processor {PID}", out)
+    summary = re.search(r"summary: 192 ok, 8 failed, (\d+) retried", out)
+    assert summary and int(summary[1]) >= 16, out  # 8 chunks tried 3 times, and the redone
+    assert out.count("failed: ValueError('chunk ") == 8
+    assert "every chunk acknowledged exactly once: True; none lost: True" in out
+    assert "192 peaks written, all at the tone put in: True" in out
+
+
 def test_cli_prints_version() -> None:
     import numbeam
 
