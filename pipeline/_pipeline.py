@@ -441,6 +441,8 @@ class _Coordinator:
         self.free_total = 0  # the processors' demand, in items
         self.proc_bound = self.concurrency * self.max_demand
         self.bound = self.proc_bound + (self.batch_size if self.batching else 0)
+        # while processors are busy, fetch only once half of their room is free
+        self.min_fetch = max(self.chunk, self.proc_bound // 2)
         # the built-in sources' synchronous fast paths (no task per fetch or ack)
         self.fetch_now = getattr(source, "_fetch_now", None)
         self.ack_noop = getattr(source, "_ack_noop", False) is True
@@ -718,7 +720,7 @@ class _Coordinator:
         free = self.free_total - self.queued
         room = self.proc_bound - (self.queued + self.in_procs + self.n_waiting)
         n = min(free, room, self.bound - self.out)
-        if n < self.chunk and (self.queued or self.in_procs):
+        if n < self.min_fetch and (self.queued or self.in_procs):
             return 0
         return n
 
@@ -951,7 +953,13 @@ async def _coordinator(
     cls: type[Pipeline], source: Any, opts: dict[str, Any], parent: Pid, ack: Any
 ) -> None:
     _current.get().fn = cls  # crash reports and process_info name the pipeline class
-    await _Coordinator(cls, source, opts, parent).run(ack)
+    try:
+        coordinator = _Coordinator(cls, source, opts, parent)
+    except Exception as e:
+        unlink(parent)  # the starter learns of it from StartError, not by dying
+        send(parent, ("$pl_up", ack, e))
+        raise
+    await coordinator.run(ack)
 
 
 # -- ended pipelines' summaries, for wait() after the end -----------------------------------
