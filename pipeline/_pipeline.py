@@ -247,6 +247,12 @@ async def _start(
         raise TypeError(f"Pipeline.start_link(name=...) takes a str, got {name!r}")
     devs = _check_devices(devices, concurrency)
     me = _me(f"{cls.__name__}.start_link()")
+    if name is not None:
+        from numbeam.actors import whereis
+
+        taken = whereis(name)
+        if taken is not None:
+            raise StartError(("already_started", taken), f"the name {name!r} is already taken")
     opts = {
         "concurrency": concurrency,
         "batch_size": batch_size,

@@ -315,6 +315,10 @@ async def test_bad_arguments_are_named() -> None:
             await q.put(1)
         with pytest.raises(nb.NoProc):
             await nb.pipeline.wait("nothing-here")
+        nb.register("taken", nb.self())
+        with pytest.raises(nb.StartError, match="already taken") as err:
+            await Double.start_link(src, name="taken")
+        assert err.value.reason == ("already_started", nb.self())
         assert nb.processes() == [nb.self()]
 
 
@@ -332,3 +336,27 @@ async def test_a_failing_source_crashes_the_pipeline(crash_log: Any) -> None:
         with pytest.raises(nb.CallError) as err:
             await nb.pipeline.wait(pid, timeout=T)
         assert isinstance(err.value.reason, OSError)
+
+
+async def test_its_supervisor_shutting_it_down_drains_first() -> None:
+    """The parent's exit signal (a supervisor stopping its child) is trapped: the pipeline
+    stops fetching, acknowledges what it had, and exits with the parent's reason."""
+    async with nb.Runtime():
+        q = nb.pipeline.from_queue(maxsize=100)
+        for i in range(30):
+            q.put_nowait(i)
+        src = Recording(q)
+        sup = await nb.Supervisor.start_link(
+            [nb.Child(Double, args=(src,), kwargs={"concurrency": 2}, id="p")]
+        )
+        [(_, pid, _)] = await nb.Supervisor.which_children(sup)
+        for _ in range(10_000):  # each stats call is a round trip to the pipeline
+            if (await nb.pipeline.stats(pid))["fetched"]:
+                break
+        ref = nb.monitor(pid)
+        await nb.Supervisor.terminate_child(sup, "p")
+        down = await nb.receive(lambda m: type(m) is nb.Down and m.ref == ref, timeout=T)
+        assert down.reason == "shutdown"
+        assert src.fetched > 0 and src.out == 0  # whatever it took, it acknowledged
+        src.assert_each_once(range(src.fetched))
+        assert len(q) == 30 - src.fetched
