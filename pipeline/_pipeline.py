@@ -2,10 +2,10 @@
 
 A pipeline is three kinds of processes:
 
-- the **coordinator** (the pid `start_link` returns) owns the source and every item's
-  record: it fetches from the source only what the processors' demand and the bounds allow,
-  hands items to processors, forwards results to the batcher, retries failures and
-  acknowledges every item to the source exactly once;
+- the **coordinator** (the pid `start_link` returns) owns the source and the record of every
+  chunk of items in flight: it fetches from the source only what the processors' demand and
+  the bounds allow, hands chunks of items to processors, forwards their results to the
+  batcher, retries failures and acknowledges every item to the source exactly once;
 - `concurrency` **processors**, each running ``handle_message`` on the items it was given.
   A processor asks for `max_demand` items when it starts; each report of results it sends
   back is its demand for as many more (it pulls; nothing is pushed past its demand);
@@ -15,10 +15,11 @@ A pipeline is three kinds of processes:
 
 Processors and the batcher run under an `nb.Supervisor` (one_for_one, restarted however
 often) linked to the coordinator. The coordinator monitors each of them: when one dies
-(killed, or the device worker it is pinned to is SIGKILLed), the items it held go back to be
-processed again, and the supervisor starts a new one, which asks for demand afresh. An item
-is acknowledged when its record is removed, once; a result from a process that no longer
-holds the item is ignored, so nothing is acknowledged twice.
+(killed, or the device worker it is pinned to is SIGKILLed), the chunks it held go back to
+be processed again, and the supervisor starts a new one, which asks for demand afresh. A
+chunk's items are acknowledged when its record leaves the stage that holds it, once; a
+result from a process that no longer holds the chunk is ignored, so nothing is acknowledged
+twice.
 
 Bounds: items in the processor stage (queued, at processors, or results waiting for the
 batcher) never exceed ``concurrency * max_demand``; the batcher holds at most `batch_size`;
@@ -34,7 +35,6 @@ import logging
 import math
 import os
 import time
-import traceback
 from collections import deque
 from collections.abc import Sequence
 from typing import Any, Final
@@ -58,7 +58,7 @@ from numbeam.actors import (
 )
 from numbeam.actors import exit as nb_exit
 from numbeam.actors._runtime import _current, _me, _rt
-from numbeam.actors._types import CallError, Down, Exit, RemoteError
+from numbeam.actors._types import CallError, Down, Exit
 from numbeam.supervision import Child, Supervisor
 
 from ._sources import check_source
@@ -311,22 +311,10 @@ def _resolve_class(ref: Any) -> type[Pipeline]:
     return obj
 
 
-def _remote_reason(e: BaseException) -> tuple[str, str, str, str]:
-    """An exception as it crosses from a device's worker: plain strings (RemoteError here)."""
-    tb = "".join(traceback.format_exception(e))
-    return ("$remote_error", type(e).__name__, str(e), tb)
-
-
-def _reason(r: Any) -> Any:
-    if type(r) in (tuple, list) and len(r) == 4 and r[0] == "$remote_error":
-        return RemoteError(r[1], r[2], r[3])
-    return r
-
-
 async def _processor(coord: Pid, cls_ref: Any, keep_results: bool, max_demand: int) -> None:
     """A processor: ask for `max_demand` items, run ``handle_message`` on each chunk of items
-    it is given, report the chunk's outcome (which is its demand for as many more)."""
-    local = isinstance(cls_ref, type)
+    it is given, report the chunk's outcome (which is its demand for as many more). From a
+    device's worker, the exceptions of failed items cross as `nb.RemoteError`."""
     handler = _resolve_class(cls_ref)()
     me = _current.get().pid
     send(coord, ("$pl_ask", me, max_demand))
@@ -345,7 +333,7 @@ async def _processor(coord: Pid, cls_ref: Any, keep_results: bool, max_demand: i
                 except Exception as e:
                     if errors is None:
                         errors = []
-                    errors.append((len(values), e if local else _remote_reason(e)))
+                    errors.append((len(values), e))
                     values.append(None)
         else:
             for i, item in enumerate(msg[2]):
@@ -354,7 +342,7 @@ async def _processor(coord: Pid, cls_ref: Any, keep_results: bool, max_demand: i
                 except Exception as e:
                     if errors is None:
                         errors = []
-                    errors.append((i, e if local else _remote_reason(e)))
+                    errors.append((i, e))
         send(coord, ("$pl_done", me, msg[1], values, errors))
 
 
@@ -558,7 +546,7 @@ class _Coordinator:
                     again.append(item)
                     again_fails.append(f)
                 else:
-                    self.fail(item, _reason(errors[i]), f)
+                    self.fail(item, errors[i], f)
             else:
                 good.append(item)
                 good_fails.append(f)

@@ -23,6 +23,8 @@ class OnDevice(nb.Pipeline):
 
     async def handle_message(self, item: int) -> Any:
         await asyncio.sleep(0.001)  # each item takes a little while, so items are in flight
+        if item % 97 == 13:
+            raise ValueError(f"item {item} fails on {nb.device()}")
         return (item, nb.device(), os.getpid())
 
     async def handle_batch(self, results: list[Any]) -> None:
@@ -70,12 +72,18 @@ async def test_processors_on_devices_and_a_sigkilled_worker_loses_nothing() -> N
             except TimeoutError:
                 break
             seen += batch
-        assert summary["ok"] == n and summary["failed"] == 0
+        bad = {i for i in range(n) if i % 97 == 13}
+        assert summary["ok"] == n - len(bad) and summary["failed"] == len(bad)
         assert summary["retried"] > 0  # what the killed processor held was run again
         src.assert_each_once(range(n))
+        # a failure on a worker arrives as nb.RemoteError, with the handler's message
+        assert set(src.failed) == bad
+        reason = src.failed[13]
+        assert isinstance(reason, nb.RemoteError) and reason.type_name == "ValueError"
+        assert "item 13 fails on fake:" in str(reason)
         assert src.max_out <= 2 * 8 + 20
         w = nb.gpu.workers()["fake:0"]
         assert w["os_pid"] != old and w["restarts"] == 1
         assert {p for _, d, p in seen if d == "fake:0"} == {old, w["os_pid"]}
         # processed at least once each (the re-runs may repeat an item), acknowledged once
-        assert {item for item, _, _ in seen} == set(range(n))
+        assert {item for item, _, _ in seen} == set(range(n)) - bad
