@@ -62,6 +62,10 @@ class NodeOptions:
         worker_start_timeout: seconds a device worker may take to start (CUDA context
             creation included); past it, it is started again, and what waited for it is told
             ``"noconnection"`` (env ``NUMBEAM_WORKER_START_TIMEOUT``).
+        hidden: a hidden node (Erlang's ``-hidden``): the nodes it connects to do not list it
+            in ``nb.nodes()`` and introduce it to nobody, and it meets only the nodes it
+            connects to itself (env ``NUMBEAM_HIDDEN``); what ``numbeam observer`` and
+            ``numbeam remsh`` run as.
     """
 
     uvloop: bool = True
@@ -82,6 +86,7 @@ class NodeOptions:
     devices: str | list[str] | tuple[str, ...] | None = "auto"
     start_workers: str = "lazy"
     worker_start_timeout: float = 60.0
+    hidden: bool = False
 
     def __post_init__(self) -> None:
         for name in ("node", "cookie", "cookie_file", "listen"):
@@ -119,6 +124,9 @@ class NodeOptions:
             raise TypeError(
                 f"devices must be 'auto', a list of device names or [], got {self.devices!r}"
             )
+        for name in ("hidden",):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         if not isinstance(self.uvloop, bool):
             raise TypeError(f"uvloop must be a bool, got {self.uvloop!r}")
         if (

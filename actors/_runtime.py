@@ -27,12 +27,14 @@ import itertools
 import logging
 import os
 import secrets
+import time
 import traceback
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _telemetry
 from ._options import NodeOptions
 from ._types import LOCAL_NODE, Down, Exit, NoProc, Pid, Ref, Stop, TimerRef
 
@@ -90,6 +92,8 @@ _new_pid = object.__new__
 _runtime: Runtime | None = None
 # Distinguishes successive runtimes in one OS process, so an old pid never names a new process.
 _creations = itertools.count(1)
+# Telemetry handlers by event (see _telemetry): emitters do nothing while it is empty.
+_tel = _telemetry.handlers
 
 
 def _is_str(reason: Any, value: str) -> bool:
@@ -125,15 +129,20 @@ class Process:
         "mailbox",
         "monitored_by",
         "monitors",
+        "msgs_in",
+        "msgs_out",
         "name",
         "pid",
         "result",
         "rt",
+        "started",
         "state",
         "task",
         "timers",
         "trap",
     )
+
+    started: int  # monotonic ns at spawn; set only while telemetry handlers are attached
 
     def __init__(self, rt: Runtime, fn: Any) -> None:
         # The pid is built here without a call to Pid.__init__: spawn is a hot path too.
@@ -161,6 +170,8 @@ class Process:
         self.kill_reason: Any = None
         self.timers: set[TimerRef] | None = None
         self.aliases: set[Ref] | None = None  # refs whose replies are still wanted (nb.call)
+        self.msgs_in = 0  # messages delivered to its mailbox
+        self.msgs_out = 0  # messages it sent
 
     # -- the asyncio future protocol, used while parked in receive ---------------------------
 
@@ -233,6 +244,68 @@ def _clear_frames(exc: BaseException) -> None:
         todo.append(e.__context__)
         if isinstance(e, BaseExceptionGroup):
             todo.extend(e.exceptions)
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _emit_spawn(proc: Process) -> None:
+    """Telemetry: ("numbeam", "process", "spawn"); only called while handlers are attached."""
+    proc.started = time.monotonic_ns()
+    _telemetry.execute(
+        _SPAWN,
+        {"system_time": time.time_ns()},
+        {"pid": proc.pid, "function": _fn_name(proc.fn), "name": proc.name, "node": proc.rt.node},
+    )
+
+
+def _emit_exit(proc: Process, reason: Any) -> None:
+    """Telemetry: ("numbeam", "process", "exit"); only called while handlers are attached."""
+    started = getattr(proc, "started", None)
+    now = time.monotonic_ns()
+    _telemetry.execute(
+        _EXIT,
+        {"system_time": time.time_ns(), "duration": 0 if started is None else now - started},
+        {
+            "pid": proc.pid,
+            "function": _fn_name(proc.fn),
+            "name": proc.name,
+            "reason": reason,
+            "node": proc.rt.node,
+        },
+    )
+
+
+_SPAWN = ("numbeam", "process", "spawn")
+_EXIT = ("numbeam", "process", "exit")
+
+
+def _current_function(proc: Process) -> str | None:
+    """Where the process's code is now: the innermost coroutine (or generator) it awaits,
+    as ``qualname (file:line)``, leaving out this module's own (`receive`: the function that
+    receives is more telling); None once its task is done. Computed on demand only."""
+    task = proc.task
+    if task is None or task.done():
+        return None
+    coro: Any = task.get_coro()
+    where = None
+    for _ in range(100):  # a chain of awaits; bounded in case of a cycle
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        if frame.f_code.co_filename != __file__ or where is None:
+            where = frame
+        nxt = getattr(coro, "cr_await", None)
+        if nxt is None:
+            nxt = getattr(coro, "gi_yieldfrom", None)
+        if nxt is None or not (hasattr(nxt, "cr_frame") or hasattr(nxt, "gi_frame")):
+            break
+        coro = nxt
+    if where is None:
+        return None
+    code = where.f_code
+    return f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{where.f_lineno})"
 
 
 def _is_async_fn(fn: Any) -> bool:
@@ -334,7 +407,9 @@ class Runtime:
 
             if self.options.node is not None:
                 # A device worker is a hidden node: it meets no node it is told of.
-                dist = Distribution(self, hidden=_devices.current() != _devices.CPU)
+                dist = Distribution(
+                    self, hidden=self.options.hidden or _devices.current() != _devices.CPU
+                )
             else:
                 # A local runtime that drives devices links to its workers over a private
                 # ipc:// endpoint, with a cookie nobody else has: still unreachable.
@@ -525,6 +600,8 @@ class Runtime:
         if name is not None:
             proc.name = name
             self._names[name] = proc
+        if _tel:
+            _emit_spawn(proc)
         return proc
 
     def _monitor(self, watcher: Process, target: Process) -> Ref:
@@ -568,6 +645,7 @@ class Runtime:
         if mb is None:
             proc.mailbox = mb = deque()
         mb.append(msg)
+        proc.msgs_in += 1
         if proc.state == _PENDING:
             proc.state = _WOKEN
             self._ready.append(proc)  # (_make_ready, inline: this runs for every message)
@@ -590,6 +668,8 @@ class Runtime:
             self._kill(target, reason)
 
     def _exit(self, proc: Process, reason: Any) -> None:
+        if _tel:
+            _emit_exit(proc, reason)
         pid = proc.pid
         pid._proc = None
         if self._procs.get(pid.id) is proc:
@@ -860,6 +940,10 @@ def send(dest: Dest, msg: Any) -> None:
     Sending to a dead pid drops the message silently, as in Erlang; an unregistered name raises
     `nb.NoProc`. Within a node the message is passed by reference: treat it as immutable.
     """
+    try:
+        _get_current(None).msgs_out += 1
+    except AttributeError:  # not sent from a process
+        pass
     # The hot path: the pid spawn made caches its live process (cleared when it exits, and
     # for every process when the runtime stops), so no table lookup and no runtime check.
     proc = dest._proc if type(dest) is Pid else None
@@ -875,6 +959,7 @@ def send(dest: Dest, msg: Any) -> None:
     if mb is None:
         proc.mailbox = mb = deque()
     mb.append(msg)
+    proc.msgs_in += 1
     if proc.state == _PENDING:
         proc.state = _WOKEN
         rt = proc.rt
@@ -1174,7 +1259,9 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
 
     Keys: ``status`` ("running", "waiting", "runnable" or "exiting"), ``message_queue_len``,
     ``links``, ``monitors`` (pids this process monitors), ``monitored_by``,
-    ``registered_name``, ``trap_exit``, ``function``.
+    ``registered_name``, ``trap_exit``, ``function`` (what it was started with),
+    ``current_function`` (where its code is now: ``qualname (file:line)``),
+    ``messages_in`` and ``messages_out`` (messages delivered to it and sent by it so far).
     """
     if type(pid) is not Pid:
         raise TypeError(f"nb.process_info() takes a Pid, got {pid!r}")
@@ -1201,6 +1288,9 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
         "registered_name": proc.name,
         "trap_exit": proc.trap,
         "function": getattr(proc.fn, "__qualname__", repr(proc.fn)),
+        "current_function": _current_function(proc),
+        "messages_in": proc.msgs_in,
+        "messages_out": proc.msgs_out,
     }
 
 

@@ -14,7 +14,7 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
-from numbeam import gpu, tensors
+from numbeam import gpu, telemetry, tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -142,6 +142,7 @@ __all__ = [
     "spawn_link",
     "spawn_monitor",
     "stop",
+    "telemetry",
     "tensor",
     "tensors",
     "trap_exit",

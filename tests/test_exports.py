@@ -92,3 +92,12 @@ def test_package_ships_py_typed_marker() -> None:
 def test_package_logger_has_a_null_handler() -> None:
     handlers = logging.getLogger("numbeam").handlers
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+def test_telemetry_namespace_exports_its_functions() -> None:
+    assert nb.__all__.count("telemetry") == 1
+    names = ["attach", "attach_many", "detach", "execute", "list_handlers"]
+    assert nb.telemetry.__all__ == names
+    for name in names:
+        fn = getattr(nb.telemetry, name)
+        assert fn.__module__.startswith("numbeam") and inspect.getdoc(fn)

@@ -1,0 +1,13 @@
+"""Functions the observer's multi-node tests spawn on real nodes by module path."""
+
+from __future__ import annotations
+
+import numbeam as nb
+
+
+async def report_nodes(report_to: nb.Pid) -> None:
+    nb.send(report_to, ("nodes", nb.node(), sorted(nb.nodes())))
+
+
+async def connect_to(report_to: nb.Pid, name: str) -> None:
+    nb.send(report_to, ("connected", name, await nb.connect(name)))
