@@ -66,6 +66,13 @@ class NodeOptions:
             in ``nb.nodes()`` and introduce it to nobody, and it meets only the nodes it
             connects to itself (env ``NUMBEAM_HIDDEN``); what ``numbeam observer`` and
             ``numbeam remsh`` run as.
+        observer: serve the live observer page and Prometheus ``/metrics`` on this TCP port
+            from the node's own event loop (0 picks a free one; None, the default: no server;
+            env ``NUMBEAM_OBSERVER``). See `numbeam.observer`.
+        observer_host: the address the observer binds (default ``127.0.0.1``, this machine
+            only; env ``NUMBEAM_OBSERVER_HOST``). Anything wider is an explicit choice.
+        observer_control: let the observer page act (kill a process); off by default, when
+            the page only shows (env ``NUMBEAM_OBSERVER_CONTROL``).
     """
 
     uvloop: bool = True
@@ -87,6 +94,9 @@ class NodeOptions:
     start_workers: str = "lazy"
     worker_start_timeout: float = 60.0
     hidden: bool = False
+    observer: int | None = None
+    observer_host: str = "127.0.0.1"
+    observer_control: bool = False
 
     def __post_init__(self) -> None:
         for name in ("node", "cookie", "cookie_file", "listen"):
@@ -124,9 +134,16 @@ class NodeOptions:
             raise TypeError(
                 f"devices must be 'auto', a list of device names or [], got {self.devices!r}"
             )
-        for name in ("hidden",):
+        for name in ("hidden", "observer_control"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        obs = self.observer
+        if obs is not None and (
+            not isinstance(obs, int) or isinstance(obs, bool) or not 0 <= obs < 65536
+        ):
+            raise ValueError(f"observer must be a TCP port (0 to 65535) or None, got {obs!r}")
+        if not isinstance(self.observer_host, str) or not self.observer_host:
+            raise TypeError(f"observer_host must be a non-empty str, got {self.observer_host!r}")
         if not isinstance(self.uvloop, bool):
             raise TypeError(f"uvloop must be a bool, got {self.uvloop!r}")
         if (

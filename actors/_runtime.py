@@ -374,6 +374,10 @@ class Runtime:
         self.extensions: dict[str, Any] = {}
         # The devices this node drives (see numbeam.gpu), decided when it starts.
         self.devices: list[str] = []
+        # Messages received and sent by processes that have exited (the observer's totals).
+        self.msgs_in_exited = 0
+        self.msgs_out_exited = 0
+        self.observer: Any = None  # the observer's web server (node option observer=PORT)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -427,6 +431,19 @@ class Runtime:
             workers = self.extension("gpu.workers", Workers)
             if self.options.start_workers == "eager":
                 workers.start_all()
+        if self.options.observer is not None:
+            from numbeam.observer._web import start_observer
+
+            try:
+                self.observer = await start_observer(self)
+            except BaseException:
+                workers = self.extensions.get("gpu.workers")
+                if workers is not None:
+                    await workers.close()
+                if self.dist is not None:
+                    await self.dist.close()
+                _devices.set_known(None)
+                raise
         root = Process(self, self.__aenter__)
         root.task = task
         self._procs[root.pid.id] = root
@@ -471,6 +488,8 @@ class Runtime:
 
     async def _shutdown(self, root: Process, reason: Any) -> None:
         self._stopping = True
+        if self.observer is not None:  # first: it spawns processes while it serves
+            await self.observer.close()
         children = list(root.links or ())
         if self._lookup(root.pid) is root:
             self._exit(root, reason)
@@ -670,6 +689,8 @@ class Runtime:
     def _exit(self, proc: Process, reason: Any) -> None:
         if _tel:
             _emit_exit(proc, reason)
+        self.msgs_in_exited += proc.msgs_in
+        self.msgs_out_exited += proc.msgs_out
         pid = proc.pid
         pid._proc = None
         if self._procs.get(pid.id) is proc:

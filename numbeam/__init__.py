@@ -14,7 +14,7 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
-from numbeam import gpu, telemetry, tensors
+from numbeam import gpu, observer, telemetry, tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -127,6 +127,7 @@ __all__ = [
     "monitor_node",
     "node",
     "nodes",
+    "observer",
     "pg",
     "process_info",
     "processes",

@@ -11,3 +11,9 @@ async def report_nodes(report_to: nb.Pid) -> None:
 
 async def connect_to(report_to: nb.Pid, name: str) -> None:
     nb.send(report_to, ("connected", name, await nb.connect(name)))
+
+
+async def register_and_wait(report_to: nb.Pid, name: str) -> None:
+    nb.register(name, nb.self())
+    nb.send(report_to, ("registered", nb.self()))
+    await nb.receive(lambda m: False)
