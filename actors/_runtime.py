@@ -27,6 +27,7 @@ import itertools
 import logging
 import os
 import secrets
+import sys
 import time
 import traceback
 import types
@@ -288,8 +289,14 @@ def _current_function(proc: Process) -> str | None:
     task = proc.task
     if task is None or task.done():
         return None
-    coro: Any = task.get_coro()
     where = None
+    if _current.get(None) is proc:  # asked by itself: it is running, here
+        where = sys._getframe(1)
+        while where is not None and where.f_code.co_filename == __file__:
+            where = where.f_back
+        coro: Any = None
+    else:
+        coro = task.get_coro()
     for _ in range(100):  # a chain of awaits; bounded in case of a cycle
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
         if frame is None:

@@ -181,3 +181,6 @@ async def test_process_info_counts_messages_and_shows_the_current_function() -> 
         assert mine is not None
         assert mine["messages_out"] - before["messages_out"] == 2
         assert mine["messages_in"] - before["messages_in"] == 2
+        assert mine["current_function"].startswith(
+            "test_process_info_counts_messages_and_shows_the_current_function (test_telemetry.py:"
+        )
