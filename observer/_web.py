@@ -123,6 +123,10 @@ class Observer:
             raise web.HTTPForbidden(
                 text="actions are off: start the node with observer_control=True to allow them"
             )
+        if request.content_type != "application/json":
+            # (a form or text/plain POST from another site's page needs no CORS preflight;
+            # a JSON one does, and this server answers none: so only same-origin pages act)
+            raise web.HTTPUnsupportedMediaType(text="send the pid as application/json")
         try:
             data = await request.json()
         except ValueError:

@@ -101,3 +101,9 @@ def test_telemetry_namespace_exports_its_functions() -> None:
     for name in names:
         fn = getattr(nb.telemetry, name)
         assert fn.__module__.startswith("numbeam") and inspect.getdoc(fn)
+
+
+def test_observer_namespace_exports_url() -> None:
+    assert nb.__all__.count("observer") == 1
+    assert nb.observer.__all__ == ["url"]
+    assert inspect.getdoc(nb.observer.url)

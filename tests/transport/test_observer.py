@@ -196,6 +196,9 @@ async def test_kill_with_control(http: aiohttp.ClientSession) -> None:
         snap = await get_json(http, url + "api/snapshot")
         assert snap["control"] is True
         q = {"node": nb.node(), "id": pid.id, "creation": pid.creation}
+        async with http.post(url + "api/kill", data=json.dumps(q)) as r:  # not as JSON
+            assert r.status == 415
+        assert nb.is_alive(pid)
         async with http.post(url + "api/kill", json=q) as r:
             assert r.status == 200 and await r.json() == {"killed": True}
         down = await nb.receive(nb.Down, timeout=T)
