@@ -12,6 +12,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import codeop
+import contextlib
 import importlib
 import inspect
 import secrets
@@ -115,10 +116,18 @@ def _compiler() -> codeop.CommandCompiler:
     return compiler
 
 
+def _input(prompt: str) -> str:
+    """A line with its newline, or "" at end of input (`input` edits and keeps history when
+    stdin is a terminal and `readline` is there)."""
+    try:
+        return input(prompt) + "\n"
+    except EOFError:
+        return ""
+
+
 async def _read_line(prompt: str) -> str:
-    sys.stdout.write(prompt)
     sys.stdout.flush()
-    return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    return await asyncio.get_running_loop().run_in_executor(None, _input, prompt)
 
 
 async def remsh(target: str, timeout: float) -> int:
@@ -154,6 +163,9 @@ async def remsh(target: str, timeout: float) -> int:
         " processes(node=target), process_info(pid); Ctrl-D or exit() quits",
         flush=True,
     )
+    if sys.stdin.isatty():
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401  (line editing and history for input())
     compiler = _compiler()
     lines: list[str] = []
     while True:

@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from numbeam.actors._runtime import Process, Runtime, _current_function, _rt
+from numbeam.actors._runtime import _PENDING, Process, Runtime, _current_function, _rt
 from numbeam.supervision._base import SupervisorBase
 from numbeam.supervision._child import restart_counts
 
@@ -39,8 +39,10 @@ _TAG = "$numbeam_observer"
 
 
 def _status(proc: Process) -> str:
-    info = nb.process_info(proc.pid)
-    return "exiting" if info is None else info["status"]
+    """As `nb.process_info` says it (the snapshot's own process is never listed)."""
+    if proc.kill_reason is not None:
+        return "exiting"
+    return "waiting" if proc.state == _PENDING else "runnable"
 
 
 def _row(proc: Process, restarts: dict[nb.Pid, int]) -> dict[str, Any]:
