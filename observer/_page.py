@@ -149,7 +149,9 @@ function render() {
   document.getElementById("observer").textContent = "via " + snapshot.observer;
   let h = "";
   for (const n of snapshot.nodes) {
-    h += '<section class="node" data-node="' + esc(n.node) + '"><h2>' + esc(n.node) + "</h2>";
+    h += '<section class="node" data-node="' + esc(n.node) + '"><h2>' + esc(n.node) +
+         (n.device && n.device !== "cpu" ? " <small>(worker of " + esc(n.device) + ")</small>"
+                                         : "") + "</h2>";
     if (n.error) { h += '<div class="error">' + esc(n.error) + "</div></section>"; continue; }
     h += '<div class="summary">' +
       "<span>processes <b class=\\"process-count\\">" + n.process_count + "</b></span>" +

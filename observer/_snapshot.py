@@ -111,6 +111,7 @@ async def node_snapshot() -> dict[str, Any]:
     got, sent = message_totals(rt)
     return {
         "node": rt.node,
+        "device": nb.device(),  # "cpu", or the device of the worker this node is
         "hidden": rt.options.hidden,
         "nodes": sorted(nb.nodes()),
         "process_count": len(procs),
@@ -241,9 +242,12 @@ async def cluster_snapshot(seeds: list[str] | None = None) -> dict[str, Any]:
     hidden, the nodes it is connected to, the `seeds`, and every node those list, in turn."""
     rt = _rt()
     found: dict[str, dict[str, Any]] = {}
+    workers: set[str] = set()
     if not rt.options.hidden:
-        found[rt.node] = await node_snapshot()
-    todo = sorted({*nb.nodes(), *(seeds or ())} - set(found) - {rt.node})
+        found[rt.node] = mine = await node_snapshot()
+        # This node's device workers are nodes too (hidden ones: nb.nodes() leaves them out).
+        workers = {w["node"] for w in mine["workers"].values() if w["status"] == "running"}
+    todo = sorted({*nb.nodes(), *(seeds or ()), *workers} - set(found) - {rt.node})
     for _ in range(4):  # nodes that the answers name, a few rounds deep
         if not todo:
             break

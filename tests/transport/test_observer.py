@@ -232,22 +232,54 @@ async def test_the_page_shows_every_node_of_the_cluster(
 ) -> None:
     b = await nodes("b")
     async with node_runtime(observer=0):
-        assert await asyncio.wait_for(nb.connect(b.name), T)
-        remote = nb.spawn(
-            "observer_helpers:register_and_wait", nb.self(), "remote_one", node=b.name
+        me = nb.self()
+        nb.telemetry.attach_many(
+            "node-events",
+            [("numbeam", "node", "up"), ("numbeam", "node", "down")],
+            lambda event, m, md: nb.send(me, (event[-1], m, md)),
         )
-        assert await nb.receive(timeout=T) == ("registered", remote)
-        url = nb.observer.url()
-        snap = await get_json(http, url + "api/snapshot")
-        names = {n["node"]: n for n in snap["nodes"]}
-        assert set(names) == {nb.node(), b.name}
-        row = by_name(names[b.name], "remote_one")
-        assert row is not None and row["pid"] == repr(remote)
-        q = {"node": b.name, "id": row["id"], "creation": row["creation"]}
-        info = await get_json(
-            http, url + "api/process?" + "&".join(f"{k}={v}" for k, v in q.items())
-        )
-        assert info["registered_name"] == "remote_one" and info["node"] == b.name
+        try:
+            assert await asyncio.wait_for(nb.connect(b.name), T)
+            _, m, md = await nb.receive(lambda x: x[0] == "up", timeout=T)
+            assert md == {"node": nb.node(), "peer": b.name}
+            assert isinstance(m["system_time"], int)
+            await the_page_shows_both_nodes(http, b.name)
+            assert nb.disconnect(b.name)
+            _, m, md = await nb.receive(lambda x: x[0] == "down", timeout=T)
+            assert md == {"node": nb.node(), "peer": b.name, "reason": "disconnect"}
+        finally:
+            nb.telemetry.detach("node-events")
+
+
+async def the_page_shows_both_nodes(http: aiohttp.ClientSession, b: str) -> None:
+    """The observer of this node shows node `b` too, and a process of b's details."""
+    remote = nb.spawn("observer_helpers:register_and_wait", nb.self(), "remote_one", node=b)
+    assert await nb.receive(lambda m: m[0] == "registered", timeout=T) == ("registered", remote)
+    url = nb.observer.url()
+    snap = await get_json(http, url + "api/snapshot")
+    names = {n["node"]: n for n in snap["nodes"]}
+    assert set(names) == {nb.node(), b}
+    row = by_name(names[b], "remote_one")
+    assert row is not None and row["pid"] == repr(remote)
+    q = {"node": b, "id": row["id"], "creation": row["creation"]}
+    info = await get_json(http, url + "api/process?" + "&".join(f"{k}={v}" for k, v in q.items()))
+    assert info["registered_name"] == "remote_one" and info["node"] == b
+
+
+async def test_device_workers_are_shown_as_nodes_with_their_processes(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with nb.Runtime(observer=0, devices=["fake:0"], start_workers="eager"):
+        workers = await nb.gpu.start(timeout=T)
+        pinned = nb.spawn(forever, name="on_the_device", device="fake:0")
+        snap = await get_json(http, nb.observer.url() + "api/snapshot")
+        nodes = {n["node"]: n for n in snap["nodes"]}
+        mine = nodes[nb.node()]
+        assert mine["devices"] == ["fake:0"] and mine["workers"]["fake:0"]["status"] == "running"
+        worker = nodes[workers["fake:0"]["node"]]
+        assert worker["device"] == "fake:0"
+        row = by_name(worker, "on_the_device")
+        assert row is not None and row["pid"] == repr(pinned)
 
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -279,56 +311,50 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def test_numbeam_observer_joins_hidden_and_serves_the_cluster(
+async def test_numbeam_observer_and_remsh_join_a_real_node_hidden(
     nodes: Any, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     b = await nodes("b")
     async with node_runtime():
-        assert await asyncio.wait_for(nb.connect(b.name), T)
-        proc = await start_cli("observer", b.name, "--port", "0", home=tmp_path)
+        nb.spawn("dist_helpers:start_counter", nb.self(), "counter", 41, node=b.name)
+        await nb.receive(lambda m: m[0] == "counter", timeout=T)
+        observer = await start_cli("observer", b.name, "--port", "0", home=tmp_path)
+        remsh = await start_cli("remsh", b.name, home=tmp_path)
+        script = (
+            "pids = await processes()\n"
+            "print('count', len(pids))\n"
+            "nb.cast(('counter', target), ('add', 1))\n"
+            "print('counter', await nb.call(('counter', target), 'get'))\n"
+            "1 / 0\n"
+            "for i in range(2):\n"
+            "    print('loop', i)\n"
+            "\n"
+            "print('nodes', nb.nodes() == [target])\n"
+        )
         try:
-            assert proc.stdout is not None
-            line = (await asyncio.wait_for(proc.stdout.readline(), T)).decode()
+            # numbeam observer: the page of the cluster, found through b; itself not shown
+            assert observer.stdout is not None
+            line = (await asyncio.wait_for(observer.stdout.readline(), T)).decode()
             assert line.startswith("numbeam observer http://127.0.0.1:"), line
             url = line.split()[2]
             snap = await get_json(http, url + "api/snapshot")
             seen = {n["node"] for n in snap["nodes"]}
-            assert seen == {b.name, nb.node()}  # this one found through b; itself not shown
+            assert seen == {b.name, nb.node()}
             assert snap["observer"] not in seen
             nb.spawn("observer_helpers:report_nodes", nb.self(), node=b.name)
             msg = await nb.receive(lambda m: m[0] == "nodes", timeout=T)
             assert snap["observer"] not in msg[2]  # hidden: b does not list it
+            # numbeam remsh: an asyncio REPL in the cluster, driven through its stdin
+            out, err = await asyncio.wait_for(remsh.communicate(script.encode()), T)
         finally:
-            await stop(proc)
-        assert proc.returncode == 0
-
-
-async def test_remsh_evaluates_with_await_against_a_real_node(nodes: Any, tmp_path: Path) -> None:
-    b = await nodes("b")
-    async with node_runtime():
-        nb.spawn("dist_helpers:start_counter", nb.self(), "counter", 41, node=b.name)
-        await nb.receive(lambda m: m[0] == "counter", timeout=T)
-    proc = await start_cli("remsh", b.name, home=tmp_path)
-    script = (
-        "pids = await processes()\n"
-        "print('count', len(pids))\n"
-        "nb.cast(('counter', target), ('add', 1))\n"
-        "print('counter', await nb.call(('counter', target), 'get'))\n"
-        "1 / 0\n"
-        "for i in range(2):\n"
-        "    print('loop', i)\n"
-        "\n"
-        "print('nodes', nb.nodes() == [target])\n"
-    )
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(script.encode()), T)
-    finally:
-        await stop(proc)
+            await stop(observer)
+            await stop(remsh)
+    assert observer.returncode == 0
     text = out.decode()
-    assert proc.returncode == 0, text + err.decode()
+    assert remsh.returncode == 0, text + err.decode()
     assert "counter 42" in text
     count = int(text.split("count ", 1)[1].split()[0])
-    assert count >= 1
+    assert count >= 2  # the counter and the rpc's own process at least
     assert "ZeroDivisionError" in text  # reported, and the shell goes on
     assert "loop 0" in text and "loop 1" in text
-    assert "nodes True" in text
+    assert "nodes True" in text  # remsh sees b only: it is hidden, as is the observer

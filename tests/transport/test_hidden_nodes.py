@@ -1,5 +1,5 @@
-"""Hidden nodes (node option ``hidden=True``, what ``numbeam observer`` and ``remsh`` run as)
-and the node up/down telemetry events, against real node processes."""
+"""Hidden nodes (node option ``hidden=True``, what ``numbeam observer`` and ``remsh`` run as),
+against real node processes. (The node up/down telemetry events: test_observer.py.)"""
 
 from __future__ import annotations
 
@@ -30,28 +30,3 @@ async def test_a_hidden_node_is_listed_by_nobody_and_introduced_to_nobody(nodes:
         assert await nodes_of(c.name) == [b.name]
         assert sorted(nb.nodes()) == sorted([b.name, c.name])
         assert await nodes_of(b.name) == [c.name]
-
-
-async def test_node_up_and_down_events(nodes: Any) -> None:
-    b = await nodes("b")
-    me = None
-
-    def forward(event: Any, measurements: Any, metadata: Any) -> None:
-        assert me is not None
-        nb.send(me, (event[-1], measurements, metadata))
-
-    async with node_runtime():
-        me = nb.self()
-        nb.telemetry.attach_many(
-            "node-events", [("numbeam", "node", "up"), ("numbeam", "node", "down")], forward
-        )
-        try:
-            assert await asyncio.wait_for(nb.connect(b.name), T)
-            _, m, md = await nb.receive(lambda x: x[0] == "up", timeout=T)
-            assert md == {"node": nb.node(), "peer": b.name}
-            assert isinstance(m["system_time"], int)
-            assert nb.disconnect(b.name)
-            _, m, md = await nb.receive(lambda x: x[0] == "down", timeout=T)
-            assert md == {"node": nb.node(), "peer": b.name, "reason": "disconnect"}
-        finally:
-            nb.telemetry.detach("node-events")
