@@ -67,8 +67,9 @@ class NodeOptions:
             connects to itself (env ``NUMBEAM_HIDDEN``); what ``numbeam observer`` and
             ``numbeam remsh`` run as.
         observer: serve the live observer page and Prometheus ``/metrics`` on this TCP port
-            from the node's own event loop (0 picks a free one; None, the default: no server;
-            env ``NUMBEAM_OBSERVER``). See `numbeam.observer`.
+            from the node's own event loop (0 picks a free one; None, the default: no server).
+            Never read from the environment: the nodes a node starts (device workers) inherit
+            it, and would all want the port. See `numbeam.observer`.
         observer_host: the address the observer binds (default ``127.0.0.1``, this machine
             only; env ``NUMBEAM_OBSERVER_HOST``). Anything wider is an explicit choice.
         observer_control: let the observer page act (kill a process); off by default, when
@@ -175,8 +176,8 @@ class NodeOptions:
             if name in options:
                 values[name] = options[name]
                 continue
-            if name == "node":
-                continue  # a node is named by the program, never by the environment
+            if name in ("node", "observer"):
+                continue  # named by the program, never by the environment (see above)
             env = os.environ.get(f"NUMBEAM_{name.upper()}")
             if env is None:
                 continue

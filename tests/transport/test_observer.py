@@ -205,7 +205,7 @@ async def test_kill_with_control(http: aiohttp.ClientSession) -> None:
         assert down.ref == ref and down.reason == "killed"
 
 
-def test_observer_options_are_checked() -> None:
+def test_observer_options_are_checked(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="observer must be a TCP port"):
         nb.NodeOptions(observer=70000)
     with pytest.raises(ValueError, match="observer must be a TCP port"):
@@ -213,6 +213,11 @@ def test_observer_options_are_checked() -> None:
     with pytest.raises(TypeError, match="observer_control must be a bool"):
         nb.NodeOptions(observer_control=1)  # type: ignore[arg-type]
     assert nb.NodeOptions().observer_host == "127.0.0.1"
+    # Not from the environment: a node's device workers inherit it.
+    monkeypatch.setenv("NUMBEAM_OBSERVER", "8484")
+    monkeypatch.setenv("NUMBEAM_OBSERVER_CONTROL", "1")
+    opts = nb.NodeOptions.resolve()
+    assert opts.observer is None and opts.observer_control is True
 
 
 async def test_a_taken_port_fails_the_start_cleanly() -> None:
