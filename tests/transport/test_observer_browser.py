@@ -138,6 +138,13 @@ async def test_the_page_in_a_browser_lists_processes_trees_and_updates(
         nb.cast(child, "crash")
         await page.wait_for(f"{tree}.querySelector('.restarts').textContent === '1'")
 
+        await page.wait_for("(document.querySelector('th[data-key=\"name\"]').click(), true)")
+        names = await page.wait_for(
+            "[...document.querySelectorAll('table.processes tbody tr')]"
+            ".map(r => r.children[1].textContent)"
+        )
+        assert "spawned_later" in names and names == sorted(names)  # sorted by name now
+
         await page.wait_for("document.querySelector('tr.proc').click() || true")
         details = await page.wait_for(
             "document.getElementById('detail-body').textContent.includes('message_queue_len')"
