@@ -72,6 +72,11 @@ class NodeOptions:
             it, and would all want the port. See `numbeam.observer`.
         observer_host: the address the observer binds (default ``127.0.0.1``, this machine
             only; env ``NUMBEAM_OBSERVER_HOST``). Anything wider is an explicit choice.
+        process_counters: every process counts the messages it receives and sends
+            (``messages_in``, ``messages_out`` of `nb.process_info`) from the node's start
+            (env ``NUMBEAM_PROCESS_COUNTERS``). Off by default, since a count per message
+            costs a few per cent of a send; a node with ``observer=`` counts from its start,
+            and any node starts counting when an observer first looks at it.
         observer_control: let the observer page act (kill a process); off by default, when
             the page only shows (env ``NUMBEAM_OBSERVER_CONTROL``).
     """
@@ -98,6 +103,7 @@ class NodeOptions:
     observer: int | None = None
     observer_host: str = "127.0.0.1"
     observer_control: bool = False
+    process_counters: bool = False
 
     def __post_init__(self) -> None:
         for name in ("node", "cookie", "cookie_file", "listen"):
@@ -135,7 +141,7 @@ class NodeOptions:
             raise TypeError(
                 f"devices must be 'auto', a list of device names or [], got {self.devices!r}"
             )
-        for name in ("hidden", "observer_control"):
+        for name in ("hidden", "observer_control", "process_counters"):
             if not isinstance(getattr(self, name), bool):
                 raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
         obs = self.observer

@@ -171,8 +171,8 @@ class Process:
         self.kill_reason: Any = None
         self.timers: set[TimerRef] | None = None
         self.aliases: set[Ref] | None = None  # refs whose replies are still wanted (nb.call)
-        self.msgs_in = 0  # messages delivered to its mailbox
-        self.msgs_out = 0  # messages it sent
+        self.msgs_in = 0  # messages delivered to its mailbox, while rt.counting
+        self.msgs_out = 0  # messages it sent, while rt.counting
 
     # -- the asyncio future protocol, used while parked in receive ---------------------------
 
@@ -381,6 +381,10 @@ class Runtime:
         self.extensions: dict[str, Any] = {}
         # The devices this node drives (see numbeam.gpu), decided when it starts.
         self.devices: list[str] = []
+        # Whether processes count the messages they receive and send (process_info's
+        # messages_in/_out): from the start with the node option process_counters (or
+        # observer), else from when an observer first looks (Runtime.count_messages).
+        self.counting = self.options.process_counters or self.options.observer is not None
         # Messages received and sent by processes that have exited (the observer's totals).
         self.msgs_in_exited = 0
         self.msgs_out_exited = 0
@@ -544,6 +548,10 @@ class Runtime:
             ext = self.extensions[key] = factory(self)
         return ext  # type: ignore[no-any-return]
 
+    def count_messages(self) -> None:
+        """From now on, processes count the messages they receive and send."""
+        self.counting = True
+
     def statistics(self) -> dict[str, int]:
         """Counts for debugging: processes, registered names, timers, ready queue length."""
         return {
@@ -671,7 +679,8 @@ class Runtime:
         if mb is None:
             proc.mailbox = mb = deque()
         mb.append(msg)
-        proc.msgs_in += 1
+        if self.counting:
+            proc.msgs_in += 1
         if proc.state == _PENDING:
             proc.state = _WOKEN
             self._ready.append(proc)  # (_make_ready, inline: this runs for every message)
@@ -968,16 +977,14 @@ def send(dest: Dest, msg: Any) -> None:
     Sending to a dead pid drops the message silently, as in Erlang; an unregistered name raises
     `nb.NoProc`. Within a node the message is passed by reference: treat it as immutable.
     """
-    try:
-        _get_current(None).msgs_out += 1
-    except AttributeError:  # not sent from a process
-        pass
     # The hot path: the pid spawn made caches its live process (cleared when it exits, and
     # for every process when the runtime stops), so no table lookup and no runtime check.
     proc = dest._proc if type(dest) is Pid else None
     if proc is None:
         rt = _runtime
         if rt is not None and rt.dist is not None and type(dest) is Pid and dest.node != rt.node:
+            if rt.counting:
+                _count_out()
             rt.dist.send(dest, msg)  # the hot path of a remote send
             return
         proc = _resolve_for_send(dest, msg)
@@ -987,14 +994,22 @@ def send(dest: Dest, msg: Any) -> None:
     if mb is None:
         proc.mailbox = mb = deque()
     mb.append(msg)
-    proc.msgs_in += 1
+    rt = proc.rt
+    if rt.counting:  # (per-process counters: only while the node counts)
+        proc.msgs_in += 1
+        _count_out()
     if proc.state == _PENDING:
         proc.state = _WOKEN
-        rt = proc.rt
         rt._ready.append(proc)
         if not rt._drain_scheduled:
             rt._drain_scheduled = True
             rt._loop.call_soon(rt._drain)
+
+
+def _count_out() -> None:
+    sender = _get_current(None)
+    if sender is not None:
+        sender.msgs_out += 1
 
 
 def _resolve_for_send(dest: Any, msg: Any) -> Process | None:
@@ -1289,7 +1304,8 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
     ``links``, ``monitors`` (pids this process monitors), ``monitored_by``,
     ``registered_name``, ``trap_exit``, ``function`` (what it was started with),
     ``current_function`` (where its code is now: ``qualname (file:line)``),
-    ``messages_in`` and ``messages_out`` (messages delivered to it and sent by it so far).
+    ``messages_in`` and ``messages_out`` (messages delivered to it and sent by it: counted
+    while the node counts, see the node option ``process_counters``; None when it does not).
     """
     if type(pid) is not Pid:
         raise TypeError(f"nb.process_info() takes a Pid, got {pid!r}")
@@ -1317,8 +1333,8 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
         "trap_exit": proc.trap,
         "function": getattr(proc.fn, "__qualname__", repr(proc.fn)),
         "current_function": _current_function(proc),
-        "messages_in": proc.msgs_in,
-        "messages_out": proc.msgs_out,
+        "messages_in": proc.msgs_in if rt.counting else None,
+        "messages_out": proc.msgs_out if rt.counting else None,
     }
 
 

@@ -95,6 +95,8 @@ async def node_snapshot() -> dict[str, Any]:
     Runs inside a process (it calls the supervisors)."""
     rt = _rt()
     me = nb.self()
+    counting = rt.counting
+    rt.count_messages()  # looked at: count from now on (see the node option process_counters)
     restarts = restart_counts()
     for pid in [p for p in restarts if not nb.is_alive(p)]:
         del restarts[pid]  # supervisors that are gone
@@ -118,6 +120,7 @@ async def node_snapshot() -> dict[str, Any]:
         "run_queue": stats["run_queue"],
         "registered": stats["registered"],
         "timers": stats["timers"],
+        "counting": counting,  # False on a first look: counting starts now
         "messages_in": got,
         "messages_out": sent,
         "message_queue_total": sum(len(p.mailbox) for p in procs if p.mailbox),

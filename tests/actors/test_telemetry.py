@@ -165,7 +165,7 @@ async def echo_twice() -> None:
 
 
 async def test_process_info_counts_messages_and_shows_the_current_function() -> None:
-    async with nb.Runtime():
+    async with nb.Runtime(process_counters=True):
         me = nb.self()
         before = nb.process_info(me)
         assert before is not None
@@ -184,3 +184,20 @@ async def test_process_info_counts_messages_and_shows_the_current_function() -> 
         assert mine["current_function"].startswith(
             "test_process_info_counts_messages_and_shows_the_current_function (test_telemetry.py:"
         )
+
+
+async def test_messages_are_counted_only_while_the_node_counts() -> None:
+    async with nb.Runtime() as rt:
+        pid = nb.spawn(echo_twice)
+        nb.send(pid, nb.self())
+        await nb.receive(timeout=WAIT)
+        info = nb.process_info(pid)
+        assert info is not None
+        assert info["messages_in"] is None and info["messages_out"] is None
+        assert info["current_function"] is not None  # computed when asked: always there
+        rt.count_messages()  # what an observer's first look does
+        nb.send(pid, nb.self())
+        await nb.receive(timeout=WAIT)
+        info = nb.process_info(pid)
+        assert info is not None
+        assert info["messages_in"] == 1 and info["messages_out"] == 1
