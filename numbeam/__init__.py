@@ -14,6 +14,7 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
+import numbeam.cluster as cluster
 from numbeam import gpu, tensors
 from numbeam.actors import (
     NOREPLY,
@@ -108,6 +109,7 @@ __all__ = [
     "call",
     "cancel_timer",
     "cast",
+    "cluster",
     "connect",
     "demonitor",
     "device",
