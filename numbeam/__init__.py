@@ -15,6 +15,7 @@ Every public name is re-exported here; the subpackages' private modules are not 
 import logging as _logging
 
 import numbeam.cluster as cluster
+import numbeam.testing as testing
 from numbeam import gpu, tensors
 from numbeam.actors import (
     NOREPLY,
@@ -146,6 +147,7 @@ __all__ = [
     "stop",
     "tensor",
     "tensors",
+    "testing",
     "trap_exit",
     "unlink",
     "unregister",
