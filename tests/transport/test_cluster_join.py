@@ -133,8 +133,8 @@ class _Records:
         return reply
 
 
-@pytest.fixture
-def dns_server():
+@pytest.fixture(scope="module")
+def _dns_server_of_module():
     from dnslib.server import DNSLogger, DNSServer
 
     records = _Records("numbeam.test")
@@ -146,6 +146,17 @@ def dns_server():
     finally:
         server.stop()
         server.server.server_close()
+
+
+@pytest.fixture
+def dns_server(_dns_server_of_module):
+    """A real DNS server on a free local port: ``(records, "127.0.0.1:PORT")``; the test
+    sets ``records.addresses``, the A records of ``numbeam.test``."""
+    records, nameserver = _dns_server_of_module
+    with records.lock:
+        records.addresses = set()
+        records.queries = 0
+    return records, nameserver
 
 
 async def test_dns_strategy_joins_addresses_as_they_appear_and_forgets_gone_ones(nodes, dns_server):
