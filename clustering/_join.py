@@ -59,9 +59,9 @@ def join(
     ``<basename>@<host>:<this node's port>``, or ``slurm:PORT``).
 
     `interval`: seconds between polls (default 5 for dns and static, 1 for file).
-    `nameserver`: ``host:port`` of the DNS server to ask instead of the system's (also
-    ``NUMBEAM_DNS_NAMESERVER``). `notify`: a pid that gets ``("nodeup", name)`` and
-    ``("nodedown", name, reason)``.
+    `nameserver`: ``host:port`` of a DNS server to ask for the records directly, instead of
+    the system's resolver (also ``NUMBEAM_DNS_NAMESERVER``). `notify`: a pid that gets
+    ``("nodeup", name)`` and ``("nodedown", name, reason)``.
 
     Raises ValueError (TypeError) for a malformed spec or option, RuntimeError on a local
     runtime (one started without ``node=``).

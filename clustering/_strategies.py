@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -114,49 +115,62 @@ class HostsFile(Strategy):
 class Dns(Strategy):
     """The A and AAAA records of `name`, each address a node ``basename@address:port``.
 
-    The resolver is the system's (``/etc/resolv.conf``, with its search domains, as a
-    Kubernetes pod has it), or `nameserver` (``host:port``), as tests use.
+    By default the system's resolver answers (``getaddrinfo``: the hosts file, then DNS with
+    ``/etc/resolv.conf``'s search domains, as a Kubernetes pod has them). With `nameserver`
+    (``(host, port)``) the records are asked of that DNS server directly, with dnspython.
     """
 
     spec: str
     name: str
     port: int
     basename: str
-    nameserver: str | None = None
+    nameserver: tuple[str, int] | None = None
     interval: float = DNS_INTERVAL
     _resolver: Any = None
 
-    def _make_resolver(self) -> Any:
-        import dns.asyncresolver
-
-        if self.nameserver is None:
-            resolver = dns.asyncresolver.Resolver()
-        else:
-            host, _, port = self.nameserver.rpartition(":")
-            if not host or not port.isdigit():
-                raise ValueError(f"bad DNS nameserver {self.nameserver!r}: expected 'host:port'")
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [host.strip("[]")]
-            resolver.port = int(port)
-        resolver.lifetime = max(1.0, min(self.interval, 5.0))
-        return resolver
+    @property
+    def _lifetime(self) -> float:
+        return max(1.0, min(self.interval, 5.0))
 
     async def poll(self) -> set[str]:
+        if self.nameserver is None:
+            addresses = await self._system_lookup()
+        else:
+            addresses = await self._server_lookup(self.nameserver)
+        return {_node_name(self.basename, a, self.port) for a in addresses}
+
+    async def _system_lookup(self) -> set[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._lifetime * 2):
+                infos = await loop.getaddrinfo(
+                    self.name, self.port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM
+                )
+        except socket.gaierror as e:
+            if e.errno in _NO_SUCH_NAME:
+                return set()  # no such name (yet): a headless Service with no ready pod
+            raise LookupFailed(f"looking up {self.name}: {e}") from None
+        except (TimeoutError, OSError, UnicodeError) as e:
+            raise LookupFailed(f"looking up {self.name}: {e!r}") from None
+        return {str(info[4][0]).partition("%")[0] for info in infos}
+
+    async def _server_lookup(self, nameserver: tuple[str, int]) -> set[str]:
+        import dns.asyncresolver
         import dns.exception
         import dns.resolver
 
         if self._resolver is None:
-            try:
-                self._resolver = self._make_resolver()
-            except dns.exception.DNSException as e:  # e.g. no /etc/resolv.conf
-                raise LookupFailed(f"DNS resolver: {e}") from None
+            self._resolver = dns.asyncresolver.Resolver(configure=False)
+            self._resolver.nameservers = [nameserver[0]]
+            self._resolver.port = nameserver[1]
+            self._resolver.lifetime = self._lifetime
         addresses: set[str] = set()
         for rdtype in ("A", "AAAA"):
             # In a task of its own: a cancelled dnspython lookup sometimes swallows the
             # cancellation (the caller would then go on polling after being killed), so the
             # caller waits for the task without being cancellable through it.
             lookup = asyncio.ensure_future(
-                self._resolver.resolve(self.name, rdtype, search=True, raise_on_no_answer=False)
+                self._resolver.resolve(self.name, rdtype, raise_on_no_answer=False)
             )
             try:
                 await asyncio.wait({lookup})
@@ -170,7 +184,22 @@ class Dns(Strategy):
             except dns.exception.DNSException as e:
                 raise LookupFailed(f"DNS lookup of {self.name} ({rdtype}): {e}") from None
             addresses.update(r.address for r in answer)
-        return {_node_name(self.basename, a, self.port) for a in addresses}
+        return addresses
+
+
+# getaddrinfo's answers for a name that has no address (as opposed to a failed lookup)
+_NO_SUCH_NAME = {
+    getattr(socket, n) for n in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY") if hasattr(socket, n)
+}
+
+
+def _nameserver(text: str, spec: str) -> tuple[str, int]:
+    host, colon, port = text.rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(
+            f"cluster spec {spec!r}: bad DNS nameserver {text!r}, expected 'host:port'"
+        )
+    return host.strip("[]"), int(port)
 
 
 def _slurm_names(basename: str, port: int, spec: str) -> frozenset[str]:
@@ -226,12 +255,13 @@ def parse_spec(
             raise ValueError(
                 f"bad cluster spec {spec!r}: {target!r} is not a DNS name (or basename@name)"
             ) from None
+        server = nameserver or os.environ.get("NUMBEAM_DNS_NAMESERVER") or None
         strategy = Dns(
             spec,
             host,
             _port(port_s, spec),
             basename,
-            nameserver or os.environ.get("NUMBEAM_DNS_NAMESERVER") or None,
+            None if server is None else _nameserver(server, spec),
         )
     elif kind == "slurm":
         # slurm, or slurm:PORT when the nodes listen on another port than this one

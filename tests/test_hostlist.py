@@ -108,6 +108,7 @@ def test_slurm_spec_expands_the_job_nodelist_on_this_nodes_port(
         ("dns:numbeam:http", "not a port number"),
         ("dns:numbeam:70000", "not a port number"),
         ("dns:bad name!:9100", "not a DNS name"),
+        ("dns:numbeam:9100 nameserver=x", "not a port number"),
         ("gossip:224.0.0.1", "expected static:NAMES, file:PATH, dns:NAME:PORT or slurm"),
         ("slurm", "SLURM_JOB_NODELIST is not set"),
     ],
@@ -119,6 +120,19 @@ def test_a_malformed_spec_is_a_value_error(
     monkeypatch.delenv("SLURM_NODELIST", raising=False)
     with pytest.raises(ValueError, match=complaint):
         parse_spec(spec, ME)
+
+
+def test_a_dns_spec_with_a_nameserver(monkeypatch: pytest.MonkeyPatch) -> None:
+    d = parse_spec("dns:numbeam:9100", ME, nameserver="[::1]:5353")
+    assert isinstance(d, Dns) and d.nameserver == ("::1", 5353)
+    monkeypatch.setenv("NUMBEAM_DNS_NAMESERVER", "10.0.0.53:53")
+    d = parse_spec("dns:numbeam:9100", ME)
+    assert isinstance(d, Dns) and d.nameserver == ("10.0.0.53", 53)
+    monkeypatch.setenv("NUMBEAM_DNS_NAMESERVER", "")
+    d = parse_spec("dns:numbeam:9100", ME)
+    assert isinstance(d, Dns) and d.nameserver is None  # the system's resolver
+    with pytest.raises(ValueError, match="bad DNS nameserver 'ns1'"):
+        parse_spec("dns:numbeam:9100", ME, nameserver="ns1")
 
 
 def test_a_bad_interval_or_spec_type() -> None:

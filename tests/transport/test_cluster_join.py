@@ -202,11 +202,17 @@ async def test_slurm_strategy_with_the_variables_srun_sets(nodes, monkeypatch):
         assert nb.nodes() == [b.name]
 
 
-async def test_numbeam_node_join_flag(nodes):
-    async with node_runtime():
+async def test_numbeam_node_join_flag_with_the_system_resolver(nodes):
+    async with node_runtime("t"):
         up: asyncio.Queue[str] = asyncio.Queue()
         _rt().dist.node_up_hooks.append(up.put_nowait)  # told when a node connects to us
-        b = await nodes("b", extra_args=("--join", f"static:{nb.node()}"))
+        port = nb.node().rsplit(":", 1)[1]
+        # No nameserver: the system's resolver (getaddrinfo) says where localhost is.
+        b = await nodes(
+            "b",
+            extra_args=("--join", f"dns:t@localhost:{port}"),
+            env={"NUMBEAM_DNS_NAMESERVER": ""},
+        )
         assert await asyncio.wait_for(up.get(), T) == b.name
 
 
