@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import sys
 
+# zmq.utils.monitor and _node: what a named node imports, imported with this module. pytester
+# unloads the modules imported after its fixture was set up (in a test's body, or by an
+# in-process run: _run checks that those import none), and a module of numbeam's or pyzmq's
+# imported a second time would have classes other than those its first users hold.
 import pytest
+import zmq.utils.monitor  # noqa: F401
+from numbeam.transport import _node  # noqa: F401
 
 COUNTER = """
 import pytest
@@ -229,9 +235,4 @@ async def test_two(nb_nodes):
     # (a module name the node can import `where` from, with the test's folder on its path)
     test_file = pytester.path / "test_nb_nodes_starts_connected_nodes_and_stops_them.py"
     test_file.rename(pytester.path / "test_two.py")
-    # What a named node imports, imported out here first: pytester unloads what an
-    # in-process run imports (and _run checks that it imported nothing of ours).
-    import zmq.utils.monitor  # noqa: F401
-    from numbeam.transport import _node  # noqa: F401
-
     _run(pytester).assert_outcomes(passed=1)
