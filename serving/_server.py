@@ -196,7 +196,7 @@ class Serving(GenServer):
             nb.StartError: the serving failed to start (an unknown device, a name taken).
         """
         options = cls._options(
-            predict, name, batch_size, batch_timeout, partitions, devices, max_queue, node
+            predict, name, batch_size, batch_timeout, partitions, devices, max_queue, node or device
         )
         return await super().start_link(name=name, node=node, device=device, **options)
 
@@ -216,7 +216,7 @@ class Serving(GenServer):
     ) -> Pid:
         """As `start_link`, without the link."""
         options = cls._options(
-            predict, name, batch_size, batch_timeout, partitions, devices, max_queue, node
+            predict, name, batch_size, batch_timeout, partitions, devices, max_queue, node or device
         )
         return await super().start(name=name, node=node, device=device, **options)
 
@@ -229,7 +229,7 @@ class Serving(GenServer):
         partitions: Any,
         devices: Any,
         max_queue: Any,
-        node: str | None,
+        elsewhere: str | None,
     ) -> dict[str, Any]:
         if not isinstance(name, str) or not name:
             raise TypeError(f"nb.Serving: name must be a non-empty str, got {name!r}")
@@ -246,9 +246,12 @@ class Serving(GenServer):
                 f"nb.Serving: batch_timeout must be seconds >= 0, got {batch_timeout!r}"
             )
         devices = _check_devices(devices)
-        remote = node is not None
+        remote = elsewhere is not None  # started on another node or a device worker
+        predict = _path(predict) if remote or devices is not None else predict
+        if devices is not None and not remote:
+            Serving._devices(devices)  # an unknown device: ValueError here, before starting
         return {
-            "predict": _path(predict) if remote or devices is not None else predict,
+            "predict": predict,
             "serving": name,
             "batch_size": _check_int(batch_size, "batch_size"),
             "batch_timeout": float(batch_timeout),
