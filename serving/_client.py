@@ -111,8 +111,12 @@ async def _request(name: str, xs: list[Any], timeout: float | None, what: str) -
     loads = _loads()
     gone: set[Pid] = set()
     while True:
-        members = pg.members(group)
-        pid = choose_instance(pg.local_members(group), members, loads.score(members), gone)
+        local = pg.local_members(group)
+        if len(local) == 1 and not gone:
+            pid = local[0]  # the common case: this node's own serving
+        else:
+            members = pg.members(group)
+            pid = choose_instance(local, members, loads.score(members), gone)
         if pid is None:
             left = " is left" if gone else ""
             raise NoProc(f"{what}: no serving named {name!r}{left} in the cluster")
