@@ -219,3 +219,14 @@ async def test_no_serving_and_bad_options_are_named() -> None:
             await nb.Serving.start_link(mlp, name="m", devices=["fake:7"])
         with pytest.raises(TypeError, match="module-level function"):
             await nb.Serving.start_link(lambda b: b, name="m", devices=["fake:7"])
+
+
+async def test_each_batch_is_logged_at_debug_level(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="numbeam.serving")
+    async with nb.Runtime():
+        await nb.Serving.start_link(mlp, name="mlp", batch_size=2)
+        await nb.serving.run_batch("mlp", [np.ones(8)] * 3, timeout=T)
+    batches = [r.getMessage() for r in caplog.records if r.name == "numbeam.serving"]
+    assert len(batches) == 2
+    assert re.match(r"serving 'mlp': batch 1 of 2 on partition 0: [\d.]+ ms$", batches[0])
+    assert re.match(r"serving 'mlp': batch 2 of 1 on partition 0: [\d.]+ ms$", batches[1])
