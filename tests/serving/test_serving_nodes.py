@@ -1,6 +1,7 @@
 """nb.Serving across real nodes (``numbeam node`` OS processes): servings on two nodes started
 from a third by name, concurrent requests spread over both by queue length, predict's
-exception arriving as nb.RemoteError, and the load moving to the survivor when a node dies."""
+exception arriving as nb.RemoteError, the load moving to the survivor when a node dies, and
+nb.Overloaded from a serving on another node."""
 
 from __future__ import annotations
 
@@ -76,6 +77,12 @@ async def test_servings_on_two_nodes_share_the_load_and_survive_a_lost_node(tmp_
             got = await call_all(40, first=1000)
             assert all(kind == "ok" for kind, _ in got.values())
             assert (await nb.serving.stats(pb, timeout=T))["requests"] == served[0] + 40
+            try:  # more inputs than max_queue (1024): refused at once, also from another node
+                await nb.serving.run_batch("twice", [np.zeros(4)] * 1025, timeout=T)
+            except nb.Overloaded as e:
+                assert f"on {b.name}: 0 inputs wait (max_queue=1024), 1025 more refused" in str(e)
+            else:
+                raise AssertionError("no nb.Overloaded")
     finally:
         for node in (b, c):
             with contextlib.suppress(Exception):
