@@ -18,8 +18,8 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from numbeam.actors import CallError, NoProc, Pid, call, cast, make_ref
-from numbeam.actors._runtime import _check_timeout, _rt
+from numbeam.actors import CallError, NoProc, Pid, call, cast, make_ref, spawn
+from numbeam.actors._runtime import _check_timeout, _current, _rt
 from numbeam.transport import pg
 
 from ._policy import choose_instance
@@ -74,7 +74,8 @@ async def run(name: str, x: Any, timeout: float | None = 5.0) -> Any:
     """`predict`'s output row for the input `x`, computed in a batch by the serving `name`.
 
     `x` is a numpy array, an `nb.Tensor`, a number, or a tuple/dict of those; the answer is the
-    matching row of `predict`'s output (an array row, or a tuple/dict of rows).
+    matching row of `predict`'s output (an array row, or a tuple/dict of rows). Call it from a
+    process, or from any task inside the runtime (``asyncio.gather`` of several runs works).
 
     Raises:
         nb.NoProc: no serving of that name runs in the cluster.
@@ -105,6 +106,36 @@ async def run_batch(name: str, xs: Sequence[Any], timeout: float | None = 5.0) -
 async def _request(name: str, xs: list[Any], timeout: float | None, what: str) -> list[Any]:
     _check_name(name, what)
     _check_timeout(timeout)
+    proc = _current.get(None)
+    if proc is None or proc.task is not asyncio.current_task():
+        return await _from_another_task(name, xs, timeout, what)
+    return await _call(name, xs, timeout, what)
+
+
+async def _from_another_task(
+    name: str, xs: list[Any], timeout: float | None, what: str
+) -> list[Any]:
+    """The request from a task that is not a process's own (``asyncio.gather`` in a process,
+    a web framework's handler tasks inside ``nb.Runtime``): only a process's own task may
+    receive its replies, so a helper process makes the call and hands over the outcome.
+    If the waiting task is cancelled, the helper still ends within `timeout`."""
+    fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+    async def helper() -> None:
+        try:
+            rows = await _call(name, xs, timeout, what)
+        except Exception as e:
+            if not fut.done():
+                fut.set_exception(e)
+        else:
+            if not fut.done():
+                fut.set_result(rows)
+
+    spawn(helper)
+    return await fut
+
+
+async def _call(name: str, xs: list[Any], timeout: float | None, what: str) -> list[Any]:
     loop = asyncio.get_running_loop()
     deadline = None if timeout is None else loop.time() + timeout
     group = (GROUP, name)

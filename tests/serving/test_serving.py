@@ -230,3 +230,19 @@ async def test_each_batch_is_logged_at_debug_level(caplog: pytest.LogCaptureFixt
     assert len(batches) == 2
     assert re.match(r"serving 'mlp': batch 1 of 2 on partition 0: [\d.]+ ms$", batches[0])
     assert re.match(r"serving 'mlp': batch 2 of 1 on partition 0: [\d.]+ ms$", batches[1])
+
+
+async def test_concurrent_requests_from_tasks_of_one_process() -> None:
+    async with nb.Runtime():
+        await nb.Serving.start_link(mlp, name="mlp", batch_size=16, batch_timeout=0.01)
+        xs = [np.full(8, i / 100) for i in range(50)]
+        async with asyncio.timeout(T):
+            rows = await asyncio.gather(*(nb.serving.run("mlp", x, timeout=T) for x in xs))
+            with pytest.raises(ValueError, match="does not stack"):
+                await asyncio.gather(
+                    nb.serving.run("mlp", np.ones(8), timeout=T),
+                    nb.serving.run("mlp", np.ones(3), timeout=T),
+                    nb.serving.run("mlp", np.ones(8), timeout=T),
+                )
+        assert all(np.allclose(r, np.tanh(x @ W)) for r, x in zip(rows, xs, strict=True))
+        assert max((await nb.serving.stats("mlp"))["batch_sizes"]) == 16
