@@ -160,6 +160,9 @@ async def _call(name: str, xs: list[Any], timeout: float | None, what: str) -> l
             gone.add(pid)  # gone before it took the request: try another
             loads.forget(pid)
             continue
+        except asyncio.CancelledError:  # the caller is killed: withdraw what still waits
+            cast(pid, ("$serving_cancel", rid))
+            raise
         except TimeoutError:
             cast(pid, ("$serving_cancel", rid))
             raise TimeoutError(

@@ -246,3 +246,22 @@ async def test_concurrent_requests_from_tasks_of_one_process() -> None:
                 )
         assert all(np.allclose(r, np.tanh(x @ W)) for r, x in zip(rows, xs, strict=True))
         assert max((await nb.serving.stats("mlp"))["batch_sizes"]) == 16
+
+
+async def test_a_killed_caller_withdraws_its_queued_request() -> None:
+    async with nb.Runtime():
+        opened = gate(nb.self())
+        await nb.Serving.start_link(gated, name="g", batch_size=1, batch_timeout=0.0)
+        nb.spawn(caller, nb.self(), "first", "g", np.ones(2))
+        assert await nb.receive(lambda m: m == ("started", 1), timeout=T)
+        victim, ref = nb.spawn_monitor(caller, nb.self(), "victim", "g", np.ones(2))
+        for _ in range(10_000):
+            if (await nb.serving.stats("g"))["queue_length"] == 1:
+                break
+        nb.exit(victim, "kill")
+        await nb.receive(lambda m: type(m) is nb.Down and m.ref == ref, timeout=T)
+        assert (await nb.serving.stats("g"))["queue_length"] == 0
+        opened.set()
+        assert (await results(["first"]))["first"][0] == "ok"
+        stats = await nb.serving.stats("g")
+        assert stats["batches"] == 1 and stats["requests"] == 1
