@@ -265,3 +265,24 @@ async def test_a_killed_caller_withdraws_its_queued_request() -> None:
         assert (await results(["first"]))["first"][0] == "ok"
         stats = await nb.serving.stats("g")
         assert stats["batches"] == 1 and stats["requests"] == 1
+
+
+async def test_an_instance_gone_before_it_took_the_request_is_skipped() -> None:
+    from numbeam.serving._client import _loads
+    from numbeam.transport._pg import _groups
+
+    async with nb.Runtime():
+        real = await nb.Serving.start_link(mlp, name="mlp", batch_size=1)
+        # A stale view, as another node's can be for a moment: a dead pid still in the group,
+        # and looking less loaded than the live serving, so it is tried first.
+        dead, ref = nb.spawn_monitor(caller, nb.self(), "x", "none", np.ones(8))
+        await nb.receive(lambda m: type(m) is nb.Down and m.ref == ref, timeout=T)
+        _groups().join(("numbeam.serving", "mlp"), [dead])
+        _loads().queued[real] = 100
+        row = await nb.serving.run("mlp", np.ones(8), timeout=T)
+        assert np.allclose(row, np.tanh(np.ones(8) @ W))
+        assert (await nb.serving.stats("mlp"))["requests"] == 1
+        _groups().leave(("numbeam.serving", "mlp"), [dead])
+        nb.pg.leave(("numbeam.serving", "mlp"), real)
+        with pytest.raises(nb.NoProc, match="no serving named 'mlp' in the cluster"):
+            await nb.serving.run("mlp", np.ones(8), timeout=T)
