@@ -287,8 +287,9 @@ class Serving(GenServer):
         self.latencies: collections.deque[float] = collections.deque(maxlen=LATENCY_WINDOW)
         self.compute = 0.0
         on = self._devices(devices)
-        if on != [None]:
-            _resolve(predict)  # fail here, with a clear error, if the workers could not
+        # Imported here first, so that a wrong "module:function" fails the start (StartError)
+        # instead of every partition; local partitions get the function itself.
+        self.local_predict = _resolve(predict)
         self.parts = [
             _Partition(i, d) for i, d in enumerate([d for d in on for _ in range(partitions)])
         ]
@@ -319,7 +320,7 @@ class Serving(GenServer):
 
     def _spawn(self, part: _Partition) -> None:
         if part.device is None:
-            part.pid = spawn_link(_partition, self_pid(), part.index, self.predict)
+            part.pid = spawn_link(_partition, self_pid(), part.index, self.local_predict)
         else:
             part.pid = spawn_link(
                 _partition, self_pid(), part.index, self.predict, device=part.device

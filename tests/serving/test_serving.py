@@ -286,3 +286,12 @@ async def test_an_instance_gone_before_it_took_the_request_is_skipped() -> None:
         nb.pg.leave(("numbeam.serving", "mlp"), real)
         with pytest.raises(nb.NoProc, match="no serving named 'mlp' in the cluster"):
             await nb.serving.run("mlp", np.ones(8), timeout=T)
+
+
+async def test_predict_by_module_path_and_a_wrong_path_fails_the_start() -> None:
+    async with nb.Runtime():
+        await nb.Serving.start_link(f"{__name__}:mlp", name="mlp", batch_size=1)
+        assert np.allclose(await nb.serving.run("mlp", np.ones(8)), np.tanh(np.ones(8) @ W))
+        with pytest.raises(nb.StartError) as err:
+            await nb.Serving.start(f"{__name__}:no_such_model", name="other")
+        assert isinstance(err.value.reason, AttributeError)
