@@ -81,6 +81,11 @@ from numbeam.transport import (
     pg,
 )
 
+# isort: split
+# (serving builds on all of the above; a line of its own keeps mypy's import cycle resolvable)
+from numbeam import serving
+from numbeam.serving import Overloaded, Serving
+
 _logging.getLogger("numbeam").addHandler(_logging.NullHandler())
 
 __version__ = "0.1.0"
@@ -97,10 +102,12 @@ __all__ = [
     "NoProc",
     "NodeDown",
     "NodeOptions",
+    "Overloaded",
     "Pid",
     "Ref",
     "RemoteError",
     "Runtime",
+    "Serving",
     "StartError",
     "Stop",
     "Supervisor",
@@ -141,6 +148,7 @@ __all__ = [
     "self",
     "send",
     "send_after",
+    "serving",
     "spawn",
     "spawn_link",
     "spawn_monitor",
