@@ -75,6 +75,10 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
         options["curve"] = True
     if getattr(args, "listen", None) is not None:
         options["listen"] = args.listen
+    if getattr(args, "observer", None) is not None and args.command == "node":
+        options["observer"] = args.observer
+    if getattr(args, "observer_host", None) is not None:
+        options["observer_host"] = args.observer_host
     devices = getattr(args, "devices", None)
     if devices is not None:
         options["devices"] = "auto" if devices == "auto" else [d for d in devices.split(",") if d]
@@ -234,7 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="S",
         help="seconds to wait for the workers to start (default: 60)",
     )
-    _add_observer_commands(commands)
+    _add_observer_commands(commands, node)
     args = parser.parse_args(argv)
 
     if args.command is None:
@@ -295,8 +299,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if ok else 1
 
 
-def _add_observer_commands(commands: Any) -> None:
-    """``numbeam observer NODE`` and ``numbeam remsh NODE`` (see numbeam.observer)."""
+def _add_observer_commands(commands: Any, node: argparse.ArgumentParser) -> None:
+    """``numbeam observer NODE`` and ``numbeam remsh NODE`` (see numbeam.observer), and
+    ``numbeam node --observer PORT``."""
+    node.add_argument(
+        "--observer",
+        type=int,
+        metavar="PORT",
+        help="serve the live observer page and Prometheus /metrics on PORT (0: a free one; "
+        "its address is logged)",
+    )
+    node.add_argument(
+        "--observer-host",
+        metavar="HOST",
+        help="address the observer binds (default 127.0.0.1: this machine only; e.g. 0.0.0.0 "
+        "for a Prometheus server elsewhere)",
+    )
     for command, summary in (
         ("observer", "serve the live observer page for the cluster NODE belongs to"),
         ("remsh", "an asyncio REPL (await at the prompt) in the cluster NODE belongs to"),

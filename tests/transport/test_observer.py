@@ -363,3 +363,22 @@ async def test_numbeam_observer_and_remsh_join_a_real_node_hidden(
     assert "ZeroDivisionError" in text  # reported, and the shell goes on
     assert "loop 0" in text and "loop 1" in text
     assert "nodes True" in text  # remsh sees b only: it is hidden, as is the observer
+
+
+async def test_numbeam_node_serves_metrics_with_observer_option(
+    http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    proc = await start_cli("node", "--name", "m@127.0.0.1:0", "--observer", "0", home=tmp_path)
+    try:
+        assert proc.stderr is not None
+        while True:  # (each line bounded; the node logs where its observer is)
+            line = (await asyncio.wait_for(proc.stderr.readline(), T)).decode()
+            assert line, "the node exited"
+            if "observer at http://127.0.0.1:" in line:
+                url = line.rsplit(" ", 1)[1].strip()
+                break
+        m = await get_metrics(http, url)
+        assert any(k[0] == "numbeam_processes" and v >= 1 for k, v in m.items())
+    finally:
+        await stop(proc)
+    assert proc.returncode == 0
