@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import socket
 import sys
 from collections.abc import AsyncIterator
@@ -316,10 +317,17 @@ async def stop(proc: asyncio.subprocess.Process) -> None:
             await proc.wait()
 
 
-async def test_numbeam_observer_and_remsh_join_a_real_node_hidden(
+async def test_numbeam_node_observer_and_remsh_against_a_real_node(
     nodes: Any, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
-    b = await nodes("b")
+    # (b logs where its observer is, at start; a small local file)
+    with open(tmp_path / "b.log", "wb") as log:  # noqa: ASYNC230
+        b = await nodes("b", extra_args=("--observer", "0"), stderr=log)
+    logged = (tmp_path / "b.log").read_text()
+    # numbeam node --observer PORT: a command-line node serves the page and /metrics
+    [b_url] = re.findall(r"observer at (http://127\.0\.0\.1:\d+/)", logged)
+    b_metrics = await get_metrics(http, b_url)
+    assert b_metrics[("numbeam_processes", (("node", b.name),))] >= 1
     async with node_runtime():
         nb.spawn("dist_helpers:start_counter", nb.self(), "counter", 41, node=b.name)
         await nb.receive(lambda m: m[0] == "counter", timeout=T)
@@ -363,22 +371,3 @@ async def test_numbeam_observer_and_remsh_join_a_real_node_hidden(
     assert "ZeroDivisionError" in text  # reported, and the shell goes on
     assert "loop 0" in text and "loop 1" in text
     assert "nodes True" in text  # remsh sees b only: it is hidden, as is the observer
-
-
-async def test_numbeam_node_serves_metrics_with_observer_option(
-    http: aiohttp.ClientSession, tmp_path: Path
-) -> None:
-    proc = await start_cli("node", "--name", "m@127.0.0.1:0", "--observer", "0", home=tmp_path)
-    try:
-        assert proc.stderr is not None
-        while True:  # (each line bounded; the node logs where its observer is)
-            line = (await asyncio.wait_for(proc.stderr.readline(), T)).decode()
-            assert line, "the node exited"
-            if "observer at http://127.0.0.1:" in line:
-                url = line.rsplit(" ", 1)[1].strip()
-                break
-        m = await get_metrics(http, url)
-        assert any(k[0] == "numbeam_processes" and v >= 1 for k, v in m.items())
-    finally:
-        await stop(proc)
-    assert proc.returncode == 0
