@@ -14,7 +14,9 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
-from numbeam import gpu, pipeline, tensors
+import numbeam.cluster as cluster
+import numbeam.testing as testing
+from numbeam import gpu, observer, pipeline, telemetry, tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -80,6 +82,11 @@ from numbeam.transport import (
     pg,
 )
 
+# isort: split
+# (serving builds on all of the above; a line of its own keeps mypy's import cycle resolvable)
+from numbeam import serving
+from numbeam.serving import Overloaded, Serving
+
 _logging.getLogger("numbeam").addHandler(_logging.NullHandler())
 
 __version__ = "0.1.0"
@@ -96,11 +103,13 @@ __all__ = [
     "NoProc",
     "NodeDown",
     "NodeOptions",
+    "Overloaded",
     "Pid",
     "Pipeline",
     "Ref",
     "RemoteError",
     "Runtime",
+    "Serving",
     "StartError",
     "Stop",
     "Supervisor",
@@ -110,6 +119,7 @@ __all__ = [
     "call",
     "cancel_timer",
     "cast",
+    "cluster",
     "connect",
     "demonitor",
     "device",
@@ -129,6 +139,7 @@ __all__ = [
     "monitor_node",
     "node",
     "nodes",
+    "observer",
     "pg",
     "pipeline",
     "process_info",
@@ -141,12 +152,15 @@ __all__ = [
     "self",
     "send",
     "send_after",
+    "serving",
     "spawn",
     "spawn_link",
     "spawn_monitor",
     "stop",
+    "telemetry",
     "tensor",
     "tensors",
+    "testing",
     "trap_exit",
     "unlink",
     "unregister",

@@ -124,6 +124,32 @@ def test_quick_devices_benchmark_runs_and_prints_every_row() -> None:
         assert any(r in matching[0] for r in ("PASS", "FAIL", "info")), matching[0]
 
 
+def test_quick_serving_benchmark_runs_and_prints_every_row() -> None:
+    """1,000 requesters become 200 on a small model; the serving, its baseline and its ceiling
+    run in one process, and the run exits 0 (about 2 s)."""
+    out = run_quick(BENCH.parent / "serving.py")
+    for row in (
+        "throughput vs predict per request",
+        "throughput vs hand-written batching (ceiling)",
+        "p99 latency at half load",
+        "batches of 200 concurrent requests",
+    ):
+        matching = [line for line in out.splitlines() if line.startswith(row)]
+        assert matching, f"no {row!r} row in the benchmark output:\n{out}"
+        assert any(r in matching[0] for r in ("PASS", "FAIL", "info")), matching[0]
+
+
+def test_quick_telemetry_benchmark_runs_and_prints_every_row() -> None:
+    """Ping-pong and spawn/exit with telemetry detached and attached, as ratios to plain."""
+    out = run_quick(BENCH.parent / "telemetry.py")
+    for work in ("ping-pong", "spawn/exit"):
+        for side in ("detached", "attached"):
+            row = f"telemetry {side}"
+            matching = [line for line in out.splitlines() if line.startswith(work) and row in line]
+            assert matching, f"no {work} {row} row in the benchmark output:\n{out}"
+            assert matching[0].rstrip().endswith("info"), matching[0]
+
+
 def test_quick_pipeline_benchmark_runs_and_prints_every_row() -> None:
     """nb.Pipeline against an asyncio.Queue worker pool (20k items) and, with a redis-server on
     the PATH, against a bare XREADGROUP/XACK loop (5k entries); the run exits 0 (~3 s)."""

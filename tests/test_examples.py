@@ -147,6 +147,18 @@ def test_devices_example_pins_layers_and_survives_a_killed_worker() -> None:
     assert "all 8 batches correct" in out
 
 
+def test_serving_example_batches_1000_clients_and_shows_the_failure_paths() -> None:
+    out = run_ok([str(EXAMPLES / "serving.py")])
+    assert "1000 clients answered in" in out and "1000 rows correct" in out
+    sizes = re.findall(r"batch size +(\d+): +(\d+) #+", out)
+    assert sizes and max(int(s) for s, _ in sizes) <= 64
+    assert sum(int(s) * int(c) for s, c in sizes) == 1000
+    assert re.search(r"client latency: p50 [\d.]+ ms, p90 [\d.]+ ms, p99 [\d.]+ ms", out)
+    assert "good input: a row of 10 scores" in out
+    assert "bad input: ValueError: nb.serving: the input is array float32[3]" in out
+    assert "too many at once: nb.Overloaded:" in out
+
+
 def test_pipeline_example_retries_failures_redoes_a_killed_processor_and_loses_nothing() -> None:
     out = run_ok([str(EXAMPLES / "pipeline.py")])
     assert "reading 200 chunks from an in-memory source" in out
@@ -204,3 +216,34 @@ def test_quick_start_is_two_commands_and_ci_runs_the_same_tests() -> None:
     assert "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert any(line.startswith(tests) for line in ci.splitlines()), ".ci/run must run: " + tests
+
+
+def test_observer_example_serves_its_page_until_stopped() -> None:
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "observer.py"), "--port", "0", "--seconds", "60"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # (the example runs at most 60 s: bounded)
+        m = re.match(r"observer: (http://127\.0\.0\.1:\d+/)", line)
+        assert m, line
+        with urllib.request.urlopen(m.group(1), timeout=30) as r:
+            assert r.status == 200 and "numbeam observer" in r.read().decode()
+        with urllib.request.urlopen(m.group(1) + "metrics", timeout=30) as r:
+            assert 'numbeam_processes{node="nonode@nohost"}' in r.read().decode()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert re.search(r"stopping after \d+ restarts", out)
