@@ -44,6 +44,7 @@ from numbeam.actors import (
     Pid,
     StartError,
     Stop,
+    _telemetry,
     call,
     demonitor,
     monitor,
@@ -360,10 +361,21 @@ async def _batcher(coord: Pid, cls: type[Pipeline], batch_size: int, timeout: fl
     while True:
         if values and (flush or len(values) >= batch_size or loop.time() >= deadline):
             err: BaseException | None = None
+            began = time.monotonic_ns()
             try:
                 await handler.handle_batch(values)
             except Exception as e:
                 err = e
+            if _telemetry.handlers:
+                _telemetry.execute(
+                    ("numbeam", "pipeline", "batch"),
+                    {
+                        "system_time": time.time_ns(),
+                        "size": len(values),
+                        "duration": time.monotonic_ns() - began,
+                    },
+                    {"pipeline": coord, "batcher": me, "ok": err is None, "error": err},
+                )
             send(coord, ("$pl_batched", me, chunks, err))
             chunks, values, flush = [], [], False
             continue

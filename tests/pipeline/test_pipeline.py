@@ -112,6 +112,31 @@ async def test_a_batch_leaves_after_batch_timeout() -> None:
         assert await nb.pipeline.wait(pid, timeout=T) == {"ok": 3, "failed": 0, "retried": 0}
 
 
+async def test_each_batch_is_a_telemetry_event() -> None:
+    async with nb.Runtime():
+        me = nb.self()
+        nb.register("pl_test", me)
+        nb.telemetry.attach(
+            "pl-batches", ("numbeam", "pipeline", "batch"), lambda *e: nb.send(me, ("tel", *e))
+        )
+        try:
+            pid = await Collect.start_link(
+                nb.pipeline.from_iterable(range(250)), batch_size=100, batch_timeout=5.0
+            )
+            assert await nb.pipeline.wait(pid, timeout=T) == {"ok": 250, "failed": 0, "retried": 0}
+            sizes = []
+            for _ in range(3):
+                _, event, measured, meta = await nb.receive(lambda m: m[0] == "tel", timeout=T)
+                assert event == ("numbeam", "pipeline", "batch")
+                assert measured["duration"] >= 0 and measured["system_time"] > 0
+                assert meta["pipeline"] == pid and meta["ok"] and meta["error"] is None
+                assert type(meta["batcher"]) is nb.Pid
+                sizes.append(measured["size"])
+            assert sizes == [100, 100, 50]
+        finally:
+            nb.telemetry.detach("pl-batches")
+
+
 attempts: Counter[int] = Counter()
 
 
