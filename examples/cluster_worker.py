@@ -1,4 +1,4 @@
-"""What examples/cluster.py runs on its worker nodes: a module, not a program.
+"""What examples/cluster.py and cluster_join.py run on their nodes: a module, not a program.
 
 A remote spawn names its function by module path (``cluster_worker:chunk_stats``), and the node
 that runs it imports it from there: worker nodes start with ``--path`` pointing at this folder
@@ -31,6 +31,32 @@ async def chunk_stats(reply_to: nb.Pid, job: int, chunk: np.ndarray) -> None:
 async def kill_node() -> None:
     """Kill the node this runs on with SIGKILL: no cleanup, no goodbye, like a power cut."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+async def await_nodes(reply_to: nb.Pid, expected: list[str], timeout: float) -> None:
+    """Send `reply_to` ``("nodes", this node, sorted(nb.nodes()))`` once `nb.nodes()` lists every
+    name in `expected`, or after `timeout` seconds if it never does (the reply shows what is
+    missing). It waits on the runtime's node-up telemetry event, not by polling."""
+    me = nb.self()
+    handler_id = ("cluster_worker.await_nodes", me)  # one handler per waiting process
+    # Attached before the first look at nb.nodes(): no connection can slip in between.
+    nb.telemetry.attach(
+        handler_id, ("numbeam", "node", "up"), lambda event, m, md: nb.send(me, ("up", md["peer"]))
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    try:
+        while not set(expected) <= set(nb.nodes()):
+            left = deadline - loop.time()
+            if left <= 0:
+                break  # report what there is
+            try:
+                await nb.receive(lambda m: type(m) is tuple and m[0] == "up", timeout=left)
+            except TimeoutError:
+                break
+    finally:
+        nb.telemetry.detach(handler_id)
+    nb.send(reply_to, ("nodes", nb.node(), sorted(nb.nodes())))
 
 
 class Tally(nb.GenServer):

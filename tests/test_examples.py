@@ -115,6 +115,35 @@ def test_cluster_example_reruns_the_jobs_of_a_killed_node_and_leaves_no_process(
             os.kill(pid, 0)
 
 
+def test_cluster_join_example_forms_a_cluster_from_a_hosts_file_and_adds_a_node() -> None:
+    proc = run([str(EXAMPLES / "cluster_join.py")], timeout=30.0)
+    out = proc.stdout
+    assert proc.returncode == 0, f"exited {proc.returncode}:\n{out}\n{proc.stderr}"
+    folder = re.search(r"^hosts file (/\S+)/hosts$", out, re.M)
+    pids = [int(p) for p in re.findall(r"\(OS pid (\d+)\)", out)]
+    assert folder and len(pids) == 4, out
+    wrote = re.search(
+        r"^wrote (a@127\.0\.0\.1:\d+), (b@\S+), (c@\S+) to the hosts file$", out, re.M
+    )
+    d = re.search(r"^started (d@127\.0\.0\.1:\d+) .* appended it to the hosts file$", out, re.M)
+    assert wrote and d, out
+    three, four = list(wrote.groups()), [*wrote.groups(), d[1]]
+    # What each node's nb.nodes() said: first the other two, then, with d, the other three.
+    sees = re.findall(r"^  (\S+) sees (.*)$", out, re.M)
+    expected = [(n, ", ".join(sorted(set(three) - {n}))) for n in three]
+    expected += [(n, ", ".join(sorted(set(four) - {n}))) for n in four]
+    assert sees == expected, out
+    assert re.search(r"^3 nodes found each other through the hosts file [\d.]+ s after", out, re.M)
+    assert re.search(r"^d joined: seen by all 3 other nodes [\d.]+ s after it was up$", out, re.M)
+    assert re.search(r"^the watcher watch@\S+ is hidden: listed by none of them$", out, re.M)
+    # Every node stopped and reaped, the hosts file and logs removed.
+    assert "stopped 4 nodes" in out
+    assert f"removed {folder[1]}" in out and not Path(folder[1]).exists()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
 def test_tensors_example_hands_a_tensor_to_a_process_and_a_node_without_copying() -> None:
     # (POSIX semaphores, "sem.*", are multiprocessing's, from whatever else runs meanwhile)
     shm_before = {n for n in os.listdir("/dev/shm") if not n.startswith("sem.")}
