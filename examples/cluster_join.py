@@ -70,17 +70,19 @@ def wait_ready(proc: subprocess.Popen[bytes], log: IO[bytes]) -> str:
     )
 
 
-def stop_node(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM (a node stops cleanly), SIGKILL if it is still there after TIMEOUT; reap it."""
-    if proc.poll() is None:
-        proc.terminate()
+def stop_nodes(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGTERM to all (a node stops cleanly), SIGKILL to any still there after TIMEOUT; reap."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
         try:
             proc.wait(TIMEOUT)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    assert proc.stdout is not None
-    proc.stdout.close()
+        assert proc.stdout is not None
+        proc.stdout.close()
 
 
 async def everyone_sees_everyone(names: list[str]) -> None:
@@ -170,8 +172,7 @@ def run() -> None:
                 cookie=env["NUMBEAM_COOKIE"],
             )
         finally:
-            for proc in procs:
-                stop_node(proc)
+            stop_nodes(procs)
             print(f"stopped {len(procs)} nodes")
     print(f"removed {folder}")
 
