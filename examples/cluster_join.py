@@ -2,11 +2,13 @@
 
 Each node is its own OS process, started as a deployment would start it, with the same
 command: ``python -m numbeam node --name a@127.0.0.1:0 --join file:HOSTS``, with a throwaway
-cookie in ``NUMBEAM_COOKIE``. Nobody calls `nb.connect`: each node re-reads the hosts file
-when it changes (`nb.cluster.join`'s ``file:`` strategy) and connects to the names listed
-there. Port 0 picks a free port, so the hosts file starts empty and each node's name (with
-its real port, from its ready line) is written to it once it is up: first the three, then,
-once they see each other, a fourth node ``d`` whose line is appended later.
+cookie in ``NUMBEAM_COOKIE``. No node is told of another: each re-reads the hosts file when
+it changes (`nb.cluster.join`'s ``file:`` strategy) and connects to the names listed there
+(and, connections being transitive, meets the nodes those know). Port 0 picks a free port,
+so the hosts file starts empty and each node's name (with its real port, from its ready
+line) is written to it once it is up: first the three, then, once they see each other, a
+fourth node ``d``, whose line is appended later. ``d`` reads the three from the file; the
+three learn of ``d`` from it in turn (or through ``d``'s connections, whichever comes first).
 
 This program watches from a hidden node (``hidden=True``, Erlang's ``-hidden``: no node lists
 it in `nb.nodes()`): it spawns `cluster_worker.await_nodes` on every node, which replies with
