@@ -22,6 +22,9 @@ ROWS = (
     "memory/process (rss)",
     "ring of",
     "restart under one_for_one",
+    "ping-pong, receive(timeout=10)",
+    "nb.call, local GenServer",
+    "nb.call vs Erlang gen_server:call",
 )
 
 TRANSPORT_ROWS = tuple(

@@ -1357,8 +1357,8 @@ class Distribution:
                 rt._deliver(proc, item[2])
         elif op == OP_REPLY:
             proc = self._local(src, item, item[1], item[2])
-            if proc is not None and proc is not _HELD and proc.aliases and item[3] in proc.aliases:
-                rt._deliver(proc, (item[3], item[4]))
+            if proc is not None and proc is not _HELD:
+                rt._reply(proc, item[3], item[4])  # only while the caller still waits
         elif op == OP_LINK:
             sender = _pid(item[1])
             proc = self._local(src, item, item[2], item[3])
