@@ -279,7 +279,7 @@ def _check_async_fn(fn: Any, what: str) -> None:
     if not _is_async_fn(fn):
         raise TypeError(
             f"{what} needs an async function (async def), got {fn!r}; "
-            "wrap blocking work in `await asyncio.to_thread(...)` inside an async function"
+            "run blocking work with `await nb.offload(fn, *args)` inside an async function"
         )
 
 
@@ -482,6 +482,9 @@ class Runtime:
         workers = self.extensions.get("gpu.workers")
         if workers is not None:
             await workers.close()  # device workers stop once nothing of ours runs there
+        offload = self.extensions.get("actors.offload")
+        if offload is not None:
+            offload.close()  # nb.offload's threads: jobs not started are dropped
         if self.dist is not None:
             await self.dist.close()
 

@@ -92,3 +92,15 @@ def test_package_ships_py_typed_marker() -> None:
 def test_package_logger_has_a_null_handler() -> None:
     handlers = logging.getLogger("numbeam").handlers
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
+
+
+def test_offload_signature_is_the_contract() -> None:
+    """`nb.offload(fn, /, *args, **kwargs)`: other packages (serving) call it this way."""
+    params = list(inspect.signature(nb.offload).parameters.values())
+    kinds = [(p.name, p.kind) for p in params]
+    assert kinds == [
+        ("fn", inspect.Parameter.POSITIONAL_ONLY),
+        ("args", inspect.Parameter.VAR_POSITIONAL),
+        ("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+    assert inspect.iscoroutinefunction(nb.offload)
