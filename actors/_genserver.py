@@ -465,6 +465,18 @@ def _drop_down(me: Process, ref: Ref) -> None:
 
 def cast(dest: Pid | str | tuple[str, str], request: Any) -> None:
     """Send `request` to a GenServer without waiting. Never fails, as in OTP."""
+    rt = rt_mod._runtime
+    if (
+        type(dest) is tuple
+        and rt is not None
+        and rt.dist is not None
+        and len(dest) == 2
+        and type(dest[0]) is str
+        and type(dest[1]) is str
+        and dest[1] != rt.node
+    ):
+        rt.dist.cast_name(dest[0], dest[1], request)  # the hot path of a cast to (name, node)
+        return
     try:
         send(dest, ("$gen_cast", request))
     except NoProc:

@@ -1023,9 +1023,19 @@ def send(dest: Dest, msg: Any) -> None:
     proc = dest._proc if type(dest) is Pid else None
     if proc is None:
         rt = _runtime
-        if rt is not None and rt.dist is not None and type(dest) is Pid and dest.node != rt.node:
-            rt.dist.send(dest, msg)  # the hot path of a remote send
-            return
+        if rt is not None and rt.dist is not None:
+            if type(dest) is Pid and dest.node != rt.node:
+                rt.dist.send(dest, msg)  # the hot path of a remote send
+                return
+            if (
+                type(dest) is tuple
+                and len(dest) == 2
+                and type(dest[0]) is str
+                and type(dest[1]) is str
+                and dest[1] != rt.node
+            ):
+                rt.dist.send_name(dest[0], dest[1], msg)  # (name, node): as fast as a pid
+                return
         proc = _resolve_for_send(dest, msg)
         if proc is None:
             return

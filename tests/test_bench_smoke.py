@@ -30,7 +30,7 @@ ROWS = (
 TRANSPORT_ROWS = tuple(
     (transport, bench)
     for transport in ("tcp ", "ipc ")
-    for bench in ("ping-pong", "one-way", "array")
+    for bench in ("ping-pong", "one-way", "array", "to (name, node)", "cast to a named GenServer")
 )
 
 
