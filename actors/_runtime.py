@@ -1185,6 +1185,8 @@ def _await_reply(proc: Process, ref: Ref, timeout: float | None) -> Generator[An
             if expired:
                 raise TimeoutError
     finally:
+        if proc.state == _PENDING:  # (closed while parked: it is not parked any more)
+            proc.state = _RUNNING
         proc.wait_timer = None
         proc.call_ref = None
         proc.call_reply = _NO_REPLY
