@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import inspect
+import logging
 import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 __all__ = ["offload"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("numbeam")
 
 _KEY = "actors.offload"
 
@@ -56,7 +59,10 @@ def _limit_worker(blas_threads: int) -> None:
     region)."""
     from threadpoolctl import threadpool_limits
 
-    threadpool_limits(limits=blas_threads, user_api="openmp")
+    try:
+        threadpool_limits(limits=blas_threads, user_api="openmp")
+    except Exception:
+        log.warning("nb.offload: could not limit the OpenMP threads", exc_info=True)
 
 
 class Offload:
@@ -70,7 +76,11 @@ class Offload:
             rt.options.offload_threads, rt.options.offload_blas_threads
         )
         # From the loop's thread, once: OpenBLAS's pool is process-wide.
-        self._limits = threadpool_limits(limits=self.blas_threads, user_api="blas")
+        self._limits: Any = None
+        try:
+            self._limits = threadpool_limits(limits=self.blas_threads, user_api="blas")
+        except Exception:  # an exotic library threadpoolctl cannot drive: run unlimited
+            log.warning("nb.offload: could not limit the BLAS threads", exc_info=True)
         self.executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=self.threads,
             thread_name_prefix="numbeam-offload",
@@ -86,7 +96,8 @@ class Offload:
             return
         self.closed = True
         self.executor.shutdown(wait=False, cancel_futures=True)
-        self._limits.restore_original_limits()
+        if self._limits is not None:
+            self._limits.restore_original_limits()
 
 
 async def offload(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
