@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from collections import deque
 from typing import Any, Final, TypeVar
 
 from . import _runtime as rt_mod
@@ -42,7 +43,7 @@ from ._runtime import (
     receive,
     send,
 )
-from ._types import CallError, Down, Exit, NoProc, Pid, Ref, StartError, Stop
+from ._types import CallError, Down, Exit, NoProc, Pid, Ref, StartError, Stop, _ref_counter
 
 __all__ = ["NOREPLY", "GenServer", "call", "cast", "reply", "stop"]
 
@@ -51,6 +52,7 @@ log = logging.getLogger("numbeam")
 S = TypeVar("S", bound="GenServer")
 
 Caller = tuple[Pid, Ref]
+_new_ref = object.__new__
 
 
 class _NoReply:
@@ -429,14 +431,26 @@ async def call(dest: Pid | str | tuple[str, str], request: Any, timeout: float |
     else:
         # A local server: the monitor is only the server's half (its exit sends us the Down),
         # taken back here when the call is over.
-        ref = Ref(rt.node)
+        ref = _new_ref(Ref)  # (Ref(rt.node), without the call of __init__)
+        ref.node = rt.node
+        ref.id = next(_ref_counter)
         watchers = server.monitored_by
         if watchers is None:
             server.monitored_by = watchers = {}
         watchers[ref] = me.pid
         me.call_ref = ref
         try:
-            rt._deliver(server, ("$gen_call", (me.pid, ref), request))
+            # (rt._deliver, inline: the request goes to the server's mailbox and wakes it)
+            mb = server.mailbox
+            if mb is None:
+                server.mailbox = mb = deque()
+            mb.append(("$gen_call", (me.pid, ref), request))
+            if server.state == _PENDING:
+                server.state = _WOKEN
+                rt._ready.append(server)
+                if not rt._drain_scheduled:
+                    rt._drain_scheduled = True
+                    rt._loop.call_soon(rt._drain)
             value = await _await_reply(me, ref, timeout)
         except TimeoutError:
             raise TimeoutError(f"nb.call({dest!r}, ...) got no reply within {timeout} s") from None

@@ -1160,7 +1160,11 @@ def _await_reply(proc: Process, ref: Ref, timeout: float | None) -> Generator[An
     mb = proc.mailbox
     start = len(mb) if mb else 0  # what was there before cannot be this call's Down
     if timeout is not None:
-        proc.rt._park_timed(proc, timeout)
+        proc.wait_timer = timeout  # (Runtime._park_timed, inline)
+        unarmed = proc.rt._unarmed
+        if not unarmed:
+            proc.rt._loop.call_soon(proc.rt._arm_deadlines)
+        unarmed.append(proc)
     try:
         while True:
             value = proc.call_reply
