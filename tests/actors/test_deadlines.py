@@ -100,13 +100,14 @@ async def test_deadlines_of_receives_and_timers_fire_in_order() -> None:
             except TimeoutError:
                 nb.send(me, tag)
 
-        nb.send_after(0.04, me, "timer 0.04")
-        nb.spawn(waiter, 0.06, "receive 0.06")
-        nb.spawn(waiter, 0.02, "receive 0.02")
-        tref = nb.send_after(0.03, me, "cancelled")
+        # (Spaced widely: a loaded machine may stall the loop for tens of milliseconds.)
+        nb.send_after(0.1, me, "timer 0.1")
+        nb.spawn(waiter, 0.2, "receive 0.2")
+        nb.spawn(waiter, 0.01, "receive 0.01")
+        tref = nb.send_after(0.05, me, "cancelled")
         assert nb.cancel_timer(tref) > 0
         got = [await nb.receive(timeout=2) for _ in range(3)]
-        assert got == ["receive 0.02", "timer 0.04", "receive 0.06"]
+        assert got == ["receive 0.01", "timer 0.1", "receive 0.2"]
         with pytest.raises(TimeoutError):
             await nb.receive(timeout=0.05)  # the cancelled timer stays silent
 
