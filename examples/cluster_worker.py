@@ -30,3 +30,18 @@ async def chunk_stats(reply_to: nb.Pid, job: int, chunk: np.ndarray) -> None:
 async def kill_node() -> None:
     """Kill the node this runs on with SIGKILL: no cleanup, no goodbye, like a power cut."""
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Tally(nb.GenServer):
+    """A running sum kept on a worker node, for supervising across nodes (README, "Nodes")."""
+
+    async def init(self, owner: nb.Pid) -> None:
+        self.total = 0.0
+        nb.send(owner, ("tally", nb.self()))  # tell the owner where this start runs
+
+    async def handle_call(self, request: tuple[str, float], caller: object) -> float:
+        op, value = request
+        if op != "add":
+            raise ValueError(f"unknown request {op!r}")
+        self.total += value
+        return self.total

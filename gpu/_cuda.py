@@ -213,7 +213,7 @@ def _choose_path(i: int) -> str:
 def _channel_passes_pool_fds() -> bool:
     """Whether `FdChannel.claim` hands back a descriptor that is not shared memory (a CUDA
     pool's) unmapped, with its ``fd``, instead of failing the batch: `numbeam.tensors._share`
-    says so with ``PASSES_DEVICE_FDS = True``. Until then ``auto`` keeps to the legacy path."""
+    says so with ``PASSES_DEVICE_FDS = True`` (it does; a stand-in may say otherwise)."""
     from numbeam.tensors import _share
 
     return bool(getattr(_share, "PASSES_DEVICE_FDS", False))

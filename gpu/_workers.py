@@ -89,6 +89,7 @@ class Workers:
         self.dir = tempfile.mkdtemp(prefix="numbeam-workers-")
         self.workers = {d: _Worker(d) for d in rt.devices}
         self.spares: deque[_Proc] = deque()
+        self.live: set[_Proc] = set()  # every process started and not yet reaped
         self.tasks: set[asyncio.Task[Any]] = set()
         self.spare_tasks: set[asyncio.Task[Any]] = set()  # (a subset of tasks)
         self.closing = False
@@ -139,8 +140,7 @@ class Workers:
             self.dist.node_up_hooks.remove(self._node_up)
         if self.spare_tasks:  # a spare being started: let it start, then it is stopped
             await asyncio.wait(list(self.spare_tasks), timeout=self.rt.options.shutdown_timeout)
-        procs = list(self.spares)
-        for p in procs:  # a spare holds nothing yet: no need to wait for it
+        for p in self.spares:  # a spare holds nothing yet: no need to wait for it
             p.kill()
         for w in self.workers.values():
             if w.listener is not None:
@@ -148,9 +148,9 @@ class Workers:
                 w.listener = None
             if w.node is not None and w.status != "running":
                 self.dist.lost(w.node)  # what waits for it will not be sent
-            if w.proc is not None:
-                procs.append(w.proc)
             w.status = "stopped"
+        # Every process started, the ones between a spare and a worker included: all reaped.
+        procs = list(self.live)
         for p in procs:
             p.close()
         waits = [asyncio.ensure_future(p.proc.wait()) for p in procs]
@@ -213,7 +213,10 @@ class Workers:
                 await asyncio.sleep(delay)
             proc = await self._take_spare()
             if w.node != node or self.closing:
+                proc.kill()
+                await proc.proc.wait()
                 proc.close()
+                self.live.discard(proc)
                 return
             w.proc, w.os_pid = proc, proc.proc.pid
             assignment = json.dumps(self._assignment(w.device, node, slot)).encode() + b"\n"
@@ -227,10 +230,10 @@ class Workers:
             if not line.startswith(b"ready"):
                 raise RuntimeError(f"it said {line!r}" if line else "it exited")
         except (OSError, RuntimeError, TimeoutError) as e:
+            if proc is not None:
+                proc.kill()
             if w.node == node and not self.closing:
                 log.error("device %s: its worker did not start: %s", w.device, e or type(e))
-                if proc is not None:
-                    proc.kill()
                 self._lost(w, node, "did not start")
             if proc is None:
                 return
@@ -244,6 +247,7 @@ class Workers:
             code = await proc.proc.wait()
         finally:
             proc.close()
+            self.live.discard(proc)
         if w.node == node and not self.closing:
             self._lost(w, node, f"exit status {code}")
 
@@ -316,7 +320,13 @@ class Workers:
             if proc.proc.returncode is None:
                 return proc
             proc.close()
-        return await _Proc.start(self.preload)
+            self.live.discard(proc)
+        return await self._start_proc()
+
+    async def _start_proc(self) -> _Proc:
+        proc = await _Proc.start(self.preload)
+        self.live.add(proc)
+        return proc
 
     def _refill(self) -> None:
         if self.closing or len(self.spares) + len(self.spare_tasks) >= _SPARES:
@@ -327,7 +337,7 @@ class Workers:
 
     async def _add_spare(self) -> None:
         try:
-            proc = await _Proc.start(self.preload)
+            proc = await self._start_proc()
         except OSError as e:
             log.error("devices: could not start a spare worker process: %s", e)
             return
@@ -335,6 +345,7 @@ class Workers:
             proc.kill()
             proc.close()
             await proc.proc.wait()
+            self.live.discard(proc)
             return
         self.spares.append(proc)
 

@@ -14,6 +14,8 @@ Every public name is re-exported here; the subpackages' private modules are not 
 
 import logging as _logging
 
+import numbeam.cluster as cluster
+import numbeam.testing as testing
 from numbeam import gpu, tensors
 from numbeam.actors import (
     NOREPLY,
@@ -80,6 +82,11 @@ from numbeam.transport import (
     pg,
 )
 
+# isort: split
+# (serving builds on all of the above; a line of its own keeps mypy's import cycle resolvable)
+from numbeam import serving
+from numbeam.serving import Overloaded, Serving
+
 _logging.getLogger("numbeam").addHandler(_logging.NullHandler())
 
 __version__ = "0.1.0"
@@ -96,10 +103,12 @@ __all__ = [
     "NoProc",
     "NodeDown",
     "NodeOptions",
+    "Overloaded",
     "Pid",
     "Ref",
     "RemoteError",
     "Runtime",
+    "Serving",
     "StartError",
     "Stop",
     "Supervisor",
@@ -109,6 +118,7 @@ __all__ = [
     "call",
     "cancel_timer",
     "cast",
+    "cluster",
     "connect",
     "demonitor",
     "device",
@@ -140,12 +150,14 @@ __all__ = [
     "self",
     "send",
     "send_after",
+    "serving",
     "spawn",
     "spawn_link",
     "spawn_monitor",
     "stop",
     "tensor",
     "tensors",
+    "testing",
     "trap_exit",
     "unlink",
     "unregister",

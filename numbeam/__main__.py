@@ -111,8 +111,10 @@ async def _devices(start: bool, timeout: float) -> int:
     return 0
 
 
-async def _serve() -> None:
+async def _serve(join: str | None = None) -> None:
     """Announce the node, then wait for SIGINT or SIGTERM; returning stops the node cleanly."""
+    if join is not None:  # --join SPEC: keep connected to the nodes it names (a bad one: exit 1)
+        nb.cluster.join(join)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     installed = []
@@ -183,6 +185,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="DIR",
         help="prepend DIR to sys.path, so that functions there can be spawned on this node by "
         "module path (repeatable; the first given comes first)",
+    )
+
+    node.add_argument(
+        "--join",
+        metavar="SPEC",
+        help="stay connected to the nodes SPEC names, reconnecting with backoff: "
+        "static:a@h:p,b@h:p, file:PATH (one node name per line, re-read on change), "
+        "dns:NAME:PORT (the A/AAAA records of NAME, e.g. a Kubernetes headless Service) or "
+        "slurm (the hosts of $SLURM_JOB_NODELIST, on this node's port)",
     )
 
     ping = commands.add_parser(
@@ -261,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "node":
         sys.path[:0] = [os.path.abspath(d) for d in args.path]
         try:
-            nb.run(_serve, node=args.name, **options)
+            nb.run(_serve, args.join, node=args.name, **options)
         except _STARTUP_ERRORS as e:
             _report("node", e, args.verbose)
             return 1

@@ -25,12 +25,17 @@ import logging
 import os
 import resource
 import socket
+import stat
 import struct
 from typing import Any
 
 from ._memory import Segment, map_segment
 
-__all__ = ["FdChannel", "host_info", "same_host"]
+__all__ = ["PASSES_DEVICE_FDS", "FdChannel", "PassedFd", "host_info", "same_host"]
+
+# `claim` hands back a descriptor that is not a shared-memory file (a CUDA memory pool's)
+# unmapped, as a `PassedFd`: numbeam.gpu's CUDA pool path relies on it.
+PASSES_DEVICE_FDS = True
 
 log = logging.getLogger("numbeam")
 
@@ -64,6 +69,37 @@ def _raise_fd_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
         except (ValueError, OSError):
             pass
+
+
+class PassedFd:
+    """A passed descriptor that is not a shared-memory segment (a CUDA memory pool's), handed
+    back unmapped; closed when the last reference to it goes (after its batch is decoded)."""
+
+    __slots__ = ("fd",)
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __repr__(self) -> str:
+        return f"<numbeam passed descriptor {self.fd}>"
+
+    def __del__(self) -> None:
+        try:
+            os.close(self.fd)
+        except OSError:
+            pass
+
+
+def _mapped(fd: int) -> Segment | PassedFd:
+    """A shared-memory segment mapped from ``fd``; any other descriptor unmapped. Takes ``fd``."""
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+    if not stat.S_ISREG(st.st_mode) or st.st_size <= 0:
+        return PassedFd(fd)
+    return map_segment(fd)
 
 
 def _dgram_socket() -> socket.socket:
@@ -175,8 +211,9 @@ class FdChannel:
                 _close_all(old)
             self.pending[key] = fds
 
-    def claim(self, pid: int, token: Any) -> list[Segment] | None:
-        """The segments the node with OS pid ``pid`` passed under ``token``, mapped."""
+    def claim(self, pid: int, token: Any) -> list[Segment | PassedFd] | None:
+        """What the node with OS pid ``pid`` passed under ``token``: its shared-memory
+        segments mapped, any other descriptor (a CUDA pool's) as a `PassedFd`."""
         key = (pid, token)
         fds = self.pending.pop(key, None)
         if fds is None:
@@ -190,7 +227,7 @@ class FdChannel:
         out = []
         for i, fd in enumerate(fds):
             try:
-                out.append(map_segment(fd))
+                out.append(_mapped(fd))
             except (OSError, ValueError) as e:
                 _close_all(fds[i + 1 :])
                 log.warning("numbeam: could not map a segment from pid %d: %s", pid, e)

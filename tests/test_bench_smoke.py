@@ -134,3 +134,18 @@ def test_quick_offload_benchmark_runs_and_prints_both_sides() -> None:
     for row in ("asyncio.to_thread (default BLAS)", "nb.offload (node defaults)"):
         assert any(line.startswith(row) for line in out.splitlines()), out
     assert "throughput nb.offload / to_thread:" in out and "p99 to_thread / nb.offload:" in out
+
+
+def test_quick_serving_benchmark_runs_and_prints_every_row() -> None:
+    """1,000 requesters become 200 on a small model; the serving, its baseline and its ceiling
+    run in one process, and the run exits 0 (about 2 s)."""
+    out = run_quick(BENCH.parent / "serving.py")
+    for row in (
+        "throughput vs predict per request",
+        "throughput vs hand-written batching (ceiling)",
+        "p99 latency at half load",
+        "batches of 200 concurrent requests",
+    ):
+        matching = [line for line in out.splitlines() if line.startswith(row)]
+        assert matching, f"no {row!r} row in the benchmark output:\n{out}"
+        assert any(r in matching[0] for r in ("PASS", "FAIL", "info")), matching[0]

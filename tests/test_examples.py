@@ -147,6 +147,18 @@ def test_devices_example_pins_layers_and_survives_a_killed_worker() -> None:
     assert "all 8 batches correct" in out
 
 
+def test_serving_example_batches_1000_clients_and_shows_the_failure_paths() -> None:
+    out = run_ok([str(EXAMPLES / "serving.py")])
+    assert "1000 clients answered in" in out and "1000 rows correct" in out
+    sizes = re.findall(r"batch size +(\d+): +(\d+) #+", out)
+    assert sizes and max(int(s) for s, _ in sizes) <= 64
+    assert sum(int(s) * int(c) for s, c in sizes) == 1000
+    assert re.search(r"client latency: p50 [\d.]+ ms, p90 [\d.]+ ms, p99 [\d.]+ ms", out)
+    assert "good input: a row of 10 scores" in out
+    assert "bad input: ValueError: nb.serving: the input is array float32[3]" in out
+    assert "too many at once: nb.Overloaded:" in out
+
+
 def test_cli_prints_version() -> None:
     import numbeam
 

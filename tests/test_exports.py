@@ -104,3 +104,9 @@ def test_offload_signature_is_the_contract() -> None:
         ("kwargs", inspect.Parameter.VAR_KEYWORD),
     ]
     assert inspect.iscoroutinefunction(nb.offload)
+
+
+def test_serving_is_a_namespace_whose_classes_are_also_flattened() -> None:
+    # nb.serving.run / run_batch / stats are called through the namespace, as nb.pg.* are.
+    assert {"run", "run_batch", "stats", "Serving", "Overloaded"} <= set(nb.serving.__all__)
+    assert nb.Serving is nb.serving.Serving and nb.Overloaded is nb.serving.Overloaded

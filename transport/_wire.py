@@ -787,7 +787,9 @@ def _build_tensor_handle(dec: Decoder, lst: list[Any]) -> Any:
         dec._claimed[seq] = segments
     if type(index) is not int or not 0 <= index < len(segments):
         raise _malformed(f"a tensor handle names segment {index!r} of {len(segments)}")
-    seg: Segment = segments[index]
+    seg = segments[index]
+    if type(seg) is not Segment:
+        raise _malformed(f"a tensor handle names descriptor {index!r}, not a shared-memory one")
     if type(offset) is not int or offset < 0 or offset + size > seg.size:
         raise _malformed(f"a tensor handle's bytes lie outside its {seg.size}-byte segment")
     if seg.device != "cpu":
@@ -875,7 +877,9 @@ def _build_fake_handle(dec: Decoder, lst: list[Any]) -> Any:
         dec._claimed[seq] = segments
     if type(index) is not int or not 0 <= index < len(segments):
         raise _malformed(f"a tensor handle names segment {index!r} of {len(segments)}")
-    seg: Segment = segments[index]
+    seg = segments[index]
+    if type(seg) is not Segment:
+        raise _malformed(f"a tensor handle names descriptor {index!r}, not a shared-memory one")
     if type(offset) is not int or offset < 0 or offset + size > seg.size:
         raise _malformed(f"a tensor handle's bytes lie outside its {seg.size}-byte segment")
     if not seg.adopt_device(device):
@@ -971,8 +975,8 @@ class Decoder:
         self._dtypes: dict[str, np.dtype[Any]] = {}
         # Set by a node while it decodes what a peer on its host sent: claim(token) returns
         # the segments passed ahead of the message with that token, mapped, or None.
-        self.claim: Callable[[int], list[Segment] | None] | None = None
-        self._claimed: dict[int, list[Segment]] = {}
+        self.claim: Callable[[int], list[Any] | None] | None = None
+        self._claimed: dict[int, list[Any]] = {}
         # The name of the node whose message is decoded, when the node says: a CUDA buffer
         # opened from its handle is released to that node when the last reference here goes.
         self.peer: str | None = None

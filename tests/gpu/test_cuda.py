@@ -187,11 +187,6 @@ def test_pool_buffer_through_the_wire_in_a_second_process(
     np.testing.assert_array_equal(u.to("cpu").numpy(), src)
 
 
-@pytest.mark.xfail(
-    reason="tensors/_share.py's FdChannel.claim maps every passed descriptor as shared memory;"
-    " a CUDA pool's descriptor needs to be handed back unmapped (with .fd)",
-    strict=False,
-)
 def test_pool_descriptor_through_the_descriptor_channel(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

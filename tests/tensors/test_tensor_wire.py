@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from msgpack import ExtType
 from numbeam.tensors import DTYPES, _memory
-from numbeam.tensors._share import FdChannel
+from numbeam.tensors._share import FdChannel, PassedFd
 from numbeam.transport._wire import Decoder, Encoder, WireError
 
 import numbeam as nb
@@ -423,6 +423,42 @@ def test_unclaimed_older_datagrams_are_closed(channels: tuple[FdChannel, FdChann
     assert b.claim(os.getpid(), token) == [t._mem]
     assert fd_count() == before  # the older batch never came: its descriptor is closed
     assert b.pending == {}
+
+
+def test_a_descriptor_that_is_not_shared_memory_is_claimed_unmapped(
+    channels: tuple[FdChannel, FdChannel],
+) -> None:
+    """A CUDA pool's descriptor (here a pipe's, as a stand-in) comes back with its fd, unmapped,
+    beside a segment of the same batch; it is closed when dropped, and a tensor handle that
+    names it is malformed."""
+    a, b = channels
+    t = nb.tensor(np.zeros(MIB, np.uint8))
+    r, w = os.pipe()
+    try:
+        before = fd_count()
+        token = a.next_token()
+        a.send(b.address, token, [t._mem.fd, r])  # type: ignore[union-attr]
+        got = b.claim(os.getpid(), token)
+        assert got is not None and got[0] is t._mem
+        [_, passed] = got
+        assert type(passed) is PassedFd
+        os.write(w, b"x")
+        assert os.read(passed.fd, 1) == b"x"  # the pipe itself
+        assert fd_count() == before + 1
+        enc = Encoder()
+        enc.handle_seq, enc.fds, enc.fd_at = 1, [], {}
+        data = enc.encode(t, [])
+        dec = Decoder()
+        dec.claim = lambda seq, p=passed: [p]
+        with pytest.raises(WireError, match="names descriptor 0, not a shared-memory one"):
+            dec.decode(data)
+        del got, passed
+        dec.claim = None
+        gc.collect()
+        assert fd_count() == before
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 @pytest.mark.parametrize("allowed", [set(), {1}], ids=["nobody", "another pid"])

@@ -33,18 +33,15 @@ async def test_port_zero_gives_the_real_name():
         assert rt.pid.node == name
 
 
-async def test_connect_spawn_and_ordered_messages(nodes):
-    b = await nodes("b")
-    async with node_runtime():
-        assert await asyncio.wait_for(nb.connect(b.name), T)
-        assert nb.nodes() == [b.name]
-        pid = nb.spawn("dist_helpers:collect", nb.self(), 2000, node=b.name)
-        assert pid.node == b.name
-        for i in range(2000):
-            nb.send(pid, ("m", i))
-        tag, got = await nb.receive(timeout=T)
-        assert tag == "collected"
-        assert got == [("m", i) for i in range(2000)]
+async def test_connect_spawn_and_ordered_messages(nb_nodes):
+    (b,) = await nb_nodes(1)  # (numbeam's pytest plugin: started, connected, stopped after)
+    assert nb.nodes() == [b]
+    pid = nb.spawn("dist_helpers:collect", nb.self(), 2000, node=b)
+    assert pid.node == b
+    for i in range(2000):
+        nb.send(pid, ("m", i))
+    _, got = await nb.testing.assert_receive(lambda m: m[0] == "collected", timeout=T)
+    assert got == [("m", i) for i in range(2000)]
 
 
 async def test_remote_spawn_connects_by_itself_and_returns_at_once(nodes):
