@@ -362,6 +362,8 @@ def reply(caller: Caller, value: Any) -> None:
         # The hot path of Runtime._reply, inline: the caller waits in nb.call for exactly this.
         proc.call_ref = None
         proc.call_reply = value
+        if proc.rt.counting:
+            proc.msgs_in += 1
         if proc.state == _PENDING:
             proc.state = _WOKEN
             proc.rt._make_ready(proc)
@@ -445,6 +447,8 @@ async def call(dest: Pid | str | tuple[str, str], request: Any, timeout: float |
             if mb is None:
                 server.mailbox = mb = deque()
             mb.append(("$gen_call", (me.pid, ref), request))
+            if rt.counting:
+                server.msgs_in += 1
             if server.state == _PENDING:
                 server.state = _WOKEN
                 rt._ready.append(server)

@@ -67,6 +67,23 @@ class NodeOptions:
         offload_blas_threads: the most threads each BLAS / OpenMP library may use while the
             node runs, set with threadpoolctl when the offload pool starts (env
             ``NUMBEAM_OFFLOAD_BLAS_THREADS``; None: CPUs // offload_threads, at least 1).
+        hidden: a hidden node (Erlang's ``-hidden``): the nodes it connects to do not list it
+            in ``nb.nodes()`` and introduce it to nobody, and it meets only the nodes it
+            connects to itself (env ``NUMBEAM_HIDDEN``); what ``numbeam observer`` and
+            ``numbeam remsh`` run as.
+        observer: serve the live observer page and Prometheus ``/metrics`` on this TCP port
+            from the node's own event loop (0 picks a free one; None, the default: no server).
+            Never read from the environment: the nodes a node starts (device workers) inherit
+            it, and would all want the port. See `numbeam.observer`.
+        observer_host: the address the observer binds (default ``127.0.0.1``, this machine
+            only; env ``NUMBEAM_OBSERVER_HOST``). Anything wider is an explicit choice.
+        process_counters: every process counts the messages it receives and sends
+            (``messages_in``, ``messages_out`` of `nb.process_info`) from the node's start
+            (env ``NUMBEAM_PROCESS_COUNTERS``). Off by default, since a count per message
+            costs a few per cent of a send; a node with ``observer=`` counts from its start,
+            and any node starts counting when an observer first looks at it.
+        observer_control: let the observer page act (kill a process); off by default, when
+            the page only shows (env ``NUMBEAM_OBSERVER_CONTROL``).
     """
 
     uvloop: bool = True
@@ -89,6 +106,11 @@ class NodeOptions:
     worker_start_timeout: float = 60.0
     offload_threads: int | None = None
     offload_blas_threads: int | None = None
+    hidden: bool = False
+    observer: int | None = None
+    observer_host: str = "127.0.0.1"
+    observer_control: bool = False
+    process_counters: bool = False
 
     def __post_init__(self) -> None:
         for name in ("node", "cookie", "cookie_file", "listen"):
@@ -132,6 +154,16 @@ class NodeOptions:
             raise TypeError(
                 f"devices must be 'auto', a list of device names or [], got {self.devices!r}"
             )
+        for name in ("hidden", "observer_control", "process_counters"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        obs = self.observer
+        if obs is not None and (
+            not isinstance(obs, int) or isinstance(obs, bool) or not 0 <= obs < 65536
+        ):
+            raise ValueError(f"observer must be a TCP port (0 to 65535) or None, got {obs!r}")
+        if not isinstance(self.observer_host, str) or not self.observer_host:
+            raise TypeError(f"observer_host must be a non-empty str, got {self.observer_host!r}")
         if not isinstance(self.uvloop, bool):
             raise TypeError(f"uvloop must be a bool, got {self.uvloop!r}")
         if (
@@ -163,8 +195,8 @@ class NodeOptions:
             if name in options:
                 values[name] = options[name]
                 continue
-            if name == "node":
-                continue  # a node is named by the program, never by the environment
+            if name in ("node", "observer"):
+                continue  # named by the program, never by the environment (see above)
             env = os.environ.get(f"NUMBEAM_{name.upper()}")
             if env is None:
                 continue

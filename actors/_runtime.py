@@ -34,12 +34,15 @@ import itertools
 import logging
 import os
 import secrets
+import sys
+import time
 import traceback
 import types
 from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from . import _telemetry
 from ._options import NodeOptions
 from ._types import LOCAL_NODE, Down, Exit, NoProc, Pid, Ref, Stop, TimerRef
 
@@ -97,6 +100,8 @@ _new_pid = object.__new__
 _runtime: Runtime | None = None
 # Distinguishes successive runtimes in one OS process, so an old pid never names a new process.
 _creations = itertools.count(1)
+# Telemetry handlers by event (see _telemetry): emitters do nothing while it is empty.
+_tel = _telemetry.handlers
 
 
 def _is_str(reason: Any, value: str) -> bool:
@@ -147,16 +152,21 @@ class Process:
         "mailbox",
         "monitored_by",
         "monitors",
+        "msgs_in",
+        "msgs_out",
         "name",
         "pid",
         "result",
         "rt",
+        "started",
         "state",
         "task",
         "timers",
         "trap",
         "wait_timer",
     )
+
+    started: int  # monotonic ns at spawn; set only while telemetry handlers are attached
 
     def __init__(self, rt: Runtime, fn: Any) -> None:
         # The pid is built here without a call to Pid.__init__: spawn is a hot path too.
@@ -192,6 +202,8 @@ class Process:
         # (a reply goes straight here instead of through the mailbox).
         self.call_ref: Ref | None = None
         self.call_reply: Any = _NO_REPLY
+        self.msgs_in = 0  # messages delivered to its mailbox, while rt.counting
+        self.msgs_out = 0  # messages it sent, while rt.counting
 
     # -- the asyncio future protocol, used while parked in receive ---------------------------
 
@@ -265,6 +277,74 @@ def _clear_frames(exc: BaseException) -> None:
         todo.append(e.__context__)
         if isinstance(e, BaseExceptionGroup):
             todo.extend(e.exceptions)
+
+
+def _fn_name(fn: Any) -> str:
+    return getattr(fn, "__qualname__", None) or repr(fn)
+
+
+def _emit_spawn(proc: Process) -> None:
+    """Telemetry: ("numbeam", "process", "spawn"); only called while handlers are attached."""
+    proc.started = time.monotonic_ns()
+    _telemetry.execute(
+        _SPAWN,
+        {"system_time": time.time_ns()},
+        {"pid": proc.pid, "function": _fn_name(proc.fn), "name": proc.name, "node": proc.rt.node},
+    )
+
+
+def _emit_exit(proc: Process, reason: Any) -> None:
+    """Telemetry: ("numbeam", "process", "exit"); only called while handlers are attached."""
+    started = getattr(proc, "started", None)
+    now = time.monotonic_ns()
+    _telemetry.execute(
+        _EXIT,
+        {"system_time": time.time_ns(), "duration": 0 if started is None else now - started},
+        {
+            "pid": proc.pid,
+            "function": _fn_name(proc.fn),
+            "name": proc.name,
+            "reason": reason,
+            "node": proc.rt.node,
+        },
+    )
+
+
+_SPAWN = ("numbeam", "process", "spawn")
+_EXIT = ("numbeam", "process", "exit")
+
+
+def _current_function(proc: Process) -> str | None:
+    """Where the process's code is now: the innermost coroutine (or generator) it awaits,
+    as ``qualname (file:line)``, leaving out this module's own (`receive`: the function that
+    receives is more telling); None once its task is done. Computed on demand only."""
+    task = proc.task
+    if task is None or task.done():
+        return None
+    where = None
+    if _current.get(None) is proc:  # asked by itself: it is running, here
+        where = sys._getframe(1)
+        while where is not None and where.f_code.co_filename == __file__:
+            where = where.f_back
+        coro: Any = None
+    else:
+        coro = task.get_coro()
+    for _ in range(100):  # a chain of awaits; bounded in case of a cycle
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        if frame.f_code.co_filename != __file__ or where is None:
+            where = frame
+        nxt = getattr(coro, "cr_await", None)
+        if nxt is None:
+            nxt = getattr(coro, "gi_yieldfrom", None)
+        if nxt is None or not (hasattr(nxt, "cr_frame") or hasattr(nxt, "gi_frame")):
+            break
+        coro = nxt
+    if where is None:
+        return None
+    code = where.f_code
+    return f"{code.co_qualname} ({os.path.basename(code.co_filename)}:{where.f_lineno})"
 
 
 def _is_async_fn(fn: Any) -> bool:
@@ -346,6 +426,14 @@ class Runtime:
         self.extensions: dict[str, Any] = {}
         # The devices this node drives (see numbeam.gpu), decided when it starts.
         self.devices: list[str] = []
+        # Whether processes count the messages they receive and send (process_info's
+        # messages_in/_out): from the start with the node option process_counters (or
+        # observer), else from when an observer first looks (Runtime.count_messages).
+        self.counting = self.options.process_counters or self.options.observer is not None
+        # Messages received and sent by processes that have exited (the observer's totals).
+        self.msgs_in_exited = 0
+        self.msgs_out_exited = 0
+        self.observer: Any = None  # the observer's web server (node option observer=PORT)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -379,7 +467,9 @@ class Runtime:
 
             if self.options.node is not None:
                 # A device worker is a hidden node: it meets no node it is told of.
-                dist = Distribution(self, hidden=_devices.current() != _devices.CPU)
+                dist = Distribution(
+                    self, hidden=self.options.hidden or _devices.current() != _devices.CPU
+                )
             else:
                 # A local runtime that drives devices links to its workers over a private
                 # ipc:// endpoint, with a cookie nobody else has: still unreachable.
@@ -397,6 +487,19 @@ class Runtime:
             workers = self.extension("gpu.workers", Workers)
             if self.options.start_workers == "eager":
                 workers.start_all()
+        if self.options.observer is not None:
+            from numbeam.observer._web import start_observer
+
+            try:
+                self.observer = await start_observer(self)
+            except BaseException:
+                workers = self.extensions.get("gpu.workers")
+                if workers is not None:
+                    await workers.close()
+                if self.dist is not None:
+                    await self.dist.close()
+                _devices.set_known(None)
+                raise
         root = Process(self, self.__aenter__)
         root.task = task
         self._procs[root.pid.id] = root
@@ -441,6 +544,8 @@ class Runtime:
 
     async def _shutdown(self, root: Process, reason: Any) -> None:
         self._stopping = True
+        if self.observer is not None:  # first: it spawns processes while it serves
+            await self.observer.close()
         children = list(root.links or ())
         if self._lookup(root.pid) is root:
             self._exit(root, reason)
@@ -494,6 +599,10 @@ class Runtime:
         if ext is None:
             ext = self.extensions[key] = factory(self)
         return ext  # type: ignore[no-any-return]
+
+    def count_messages(self) -> None:
+        """From now on, processes count the messages they receive and send."""
+        self.counting = True
 
     def statistics(self) -> dict[str, int]:
         """Counts for debugging: processes, registered names, timers, ready queue length."""
@@ -668,6 +777,8 @@ class Runtime:
         if name is not None:
             proc.name = name
             self._names[name] = proc
+        if _tel:
+            _emit_spawn(proc)
         return proc
 
     def _monitor(self, watcher: Process, target: Process) -> Ref:
@@ -711,6 +822,8 @@ class Runtime:
         if mb is None:
             proc.mailbox = mb = deque()
         mb.append(msg)
+        if self.counting:
+            proc.msgs_in += 1
         if proc.state == _PENDING:
             proc.state = _WOKEN
             self._ready.append(proc)  # (_make_ready, inline: this runs for every message)
@@ -726,6 +839,8 @@ class Runtime:
         if cr is not None and (cr is ref or cr == ref):
             proc.call_ref = None
             proc.call_reply = value
+            if self.counting:
+                proc.msgs_in += 1  # (a reply counts as a message, as through the mailbox)
             if proc.state == _PENDING:
                 proc.state = _WOKEN
                 self._ready.append(proc)
@@ -750,6 +865,10 @@ class Runtime:
             self._kill(target, reason)
 
     def _exit(self, proc: Process, reason: Any) -> None:
+        if _tel:
+            _emit_exit(proc, reason)
+        self.msgs_in_exited += proc.msgs_in
+        self.msgs_out_exited += proc.msgs_out
         pid = proc.pid
         pid._proc = None
         if self._procs.get(pid.id) is proc:
@@ -1025,6 +1144,8 @@ def send(dest: Dest, msg: Any) -> None:
         rt = _runtime
         if rt is not None and rt.dist is not None:
             if type(dest) is Pid and dest.node != rt.node:
+                if rt.counting:
+                    _count_out()
                 rt.dist.send(dest, msg)  # the hot path of a remote send
                 return
             if (
@@ -1034,6 +1155,8 @@ def send(dest: Dest, msg: Any) -> None:
                 and type(dest[1]) is str
                 and dest[1] != rt.node
             ):
+                if rt.counting:
+                    _count_out()
                 rt.dist.send_name(dest[0], dest[1], msg)  # (name, node): as fast as a pid
                 return
         proc = _resolve_for_send(dest, msg)
@@ -1043,13 +1166,22 @@ def send(dest: Dest, msg: Any) -> None:
     if mb is None:
         proc.mailbox = mb = deque()
     mb.append(msg)
+    rt = proc.rt
+    if rt.counting:  # (per-process counters: only while the node counts)
+        proc.msgs_in += 1
+        _count_out()
     if proc.state == _PENDING:
         proc.state = _WOKEN
-        rt = proc.rt
         rt._ready.append(proc)
         if not rt._drain_scheduled:
             rt._drain_scheduled = True
             rt._loop.call_soon(rt._drain)
+
+
+def _count_out() -> None:
+    sender = _get_current(None)
+    if sender is not None:
+        sender.msgs_out += 1
 
 
 def _resolve_for_send(dest: Any, msg: Any) -> Process | None:
@@ -1413,7 +1545,10 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
 
     Keys: ``status`` ("running", "waiting", "runnable" or "exiting"), ``message_queue_len``,
     ``links``, ``monitors`` (pids this process monitors), ``monitored_by``,
-    ``registered_name``, ``trap_exit``, ``function``.
+    ``registered_name``, ``trap_exit``, ``function`` (what it was started with),
+    ``current_function`` (where its code is now: ``qualname (file:line)``),
+    ``messages_in`` and ``messages_out`` (messages delivered to it and sent by it: counted
+    while the node counts, see the node option ``process_counters``; None when it does not).
     """
     if type(pid) is not Pid:
         raise TypeError(f"nb.process_info() takes a Pid, got {pid!r}")
@@ -1440,6 +1575,9 @@ def process_info(pid: Pid) -> dict[str, Any] | None:
         "registered_name": proc.name,
         "trap_exit": proc.trap,
         "function": getattr(proc.fn, "__qualname__", repr(proc.fn)),
+        "current_function": _current_function(proc),
+        "messages_in": proc.msgs_in if rt.counting else None,
+        "messages_out": proc.msgs_out if rt.counting else None,
     }
 
 

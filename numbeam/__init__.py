@@ -16,7 +16,7 @@ import logging as _logging
 
 import numbeam.cluster as cluster
 import numbeam.testing as testing
-from numbeam import gpu, tensors
+from numbeam import gpu, observer, telemetry, tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -138,6 +138,7 @@ __all__ = [
     "monitor_node",
     "node",
     "nodes",
+    "observer",
     "offload",
     "pg",
     "process_info",
@@ -155,6 +156,7 @@ __all__ = [
     "spawn_link",
     "spawn_monitor",
     "stop",
+    "telemetry",
     "tensor",
     "tensors",
     "testing",

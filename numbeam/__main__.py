@@ -75,6 +75,10 @@ def _node_options(args: argparse.Namespace) -> dict[str, Any]:
         options["curve"] = True
     if getattr(args, "listen", None) is not None:
         options["listen"] = args.listen
+    if getattr(args, "observer", None) is not None and args.command == "node":
+        options["observer"] = args.observer
+    if getattr(args, "observer_host", None) is not None:
+        options["observer_host"] = args.observer_host
     devices = getattr(args, "devices", None)
     if devices is not None:
         options["devices"] = "auto" if devices == "auto" else [d for d in devices.split(",") if d]
@@ -234,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="S",
         help="seconds to wait for the workers to start (default: 60)",
     )
+    _add_observer_commands(commands, node)
     args = parser.parse_args(argv)
 
     if args.command is None:
@@ -269,6 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
 
     options = _node_options(args)
+    if args.command in ("observer", "remsh"):
+        return _run_observer_command(args, options)
     if args.command == "node":
         sys.path[:0] = [os.path.abspath(d) for d in args.path]
         try:
@@ -290,6 +297,83 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     print("pong" if ok else "pang", flush=True)
     return 0 if ok else 1
+
+
+def _add_observer_commands(commands: Any, node: argparse.ArgumentParser) -> None:
+    """``numbeam observer NODE`` and ``numbeam remsh NODE`` (see numbeam.observer), and
+    ``numbeam node --observer PORT``."""
+    node.add_argument(
+        "--observer",
+        type=int,
+        metavar="PORT",
+        help="serve the live observer page and Prometheus /metrics on PORT (0: a free one; "
+        "its address is logged)",
+    )
+    node.add_argument(
+        "--observer-host",
+        metavar="HOST",
+        help="address the observer binds (default 127.0.0.1: this machine only; e.g. 0.0.0.0 "
+        "for a Prometheus server elsewhere)",
+    )
+    for command, summary in (
+        ("observer", "serve the live observer page for the cluster NODE belongs to"),
+        ("remsh", "an asyncio REPL (await at the prompt) in the cluster NODE belongs to"),
+    ):
+        p = commands.add_parser(
+            command,
+            help=summary,
+            description=f"Join NODE's cluster as a hidden node (not listed by nb.nodes(), "
+            f"introduced to nobody) and {summary.split(' ', 1)[1]}.",
+        )
+        p.add_argument("target", metavar="NODE", help="a node of the cluster, name@host:port")
+        _add_security_options(p)
+        p.add_argument(
+            "--name",
+            metavar="NAME",
+            help=f"this hidden node's name (default: {command}<os pid>@127.0.0.1:0; give a "
+            "host the cluster can reach when NODE is on another machine)",
+        )
+        p.add_argument(
+            "--timeout",
+            type=_seconds,
+            default=10.0,
+            metavar="S",
+            help="seconds to wait for the connection to NODE (default: 10)",
+        )
+        if command == "observer":
+            p.add_argument(
+                "--port", type=int, default=0, metavar="P", help="TCP port (default: a free one)"
+            )
+            p.add_argument(
+                "--host",
+                default="127.0.0.1",
+                metavar="HOST",
+                help="address to bind (default 127.0.0.1: this machine only)",
+            )
+            p.add_argument(
+                "--control",
+                action="store_true",
+                help="let the page act on processes (kill); off by default",
+            )
+
+
+def _run_observer_command(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    from numbeam.observer import _cli
+
+    name = args.name or f"{args.command}{os.getpid()}@127.0.0.1:0"
+    options.update(node=name, hidden=True, devices=[])
+    if args.command == "observer":
+        options.update(observer=args.port, observer_host=args.host, observer_control=args.control)
+        main_fn: Any = _cli.observe
+    else:
+        main_fn = _cli.remsh
+    try:
+        return nb.run(main_fn, args.target, args.timeout, **options)  # type: ignore[no-any-return]
+    except _STARTUP_ERRORS as e:
+        _report(args.command, e, args.verbose)
+        return 1
+    except KeyboardInterrupt:
+        return 130
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import functools
 import importlib
 import logging
 import math
+import time
 from collections.abc import Callable, Coroutine, Hashable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -31,6 +32,7 @@ from numbeam.actors import (
     Exit,
     Pid,
     StartError,
+    _telemetry,
     demonitor,
     exit,
     monitor,
@@ -38,7 +40,7 @@ from numbeam.actors import (
     spawn_link,
     unlink,
 )
-from numbeam.actors._runtime import _is_async_fn
+from numbeam.actors._runtime import _is_async_fn, _me
 
 from ._policy import RESTARTS, Restart, Shutdown, clean_shutdown
 
@@ -47,6 +49,7 @@ __all__ = [
     "ChildType",
     "from_wire",
     "remote_children",
+    "restart_counts",
     "shutdown_children",
     "start_child_process",
     "to_wire",
@@ -293,6 +296,35 @@ _EVENTS: Final = {
 }
 
 
+def restart_counts() -> dict[Pid, int]:
+    """Restarts made so far by each supervisor of this node, by supervisor pid (the
+    observer's and the metrics' source; entries of supervisors that are gone may linger)."""
+    return _me("restart_counts()").rt.extension("supervision.restarts", _new_counts)
+
+
+def _new_counts(rt: Any) -> dict[Pid, int]:
+    return {}
+
+
+def _restarted(supervisor: Any, spec: Child, pid: Any) -> None:
+    """Count a restart made by the calling supervisor; telemetry, if anyone listens."""
+    me = _me("a supervisor")
+    counts = me.rt.extension("supervision.restarts", _new_counts)
+    counts[me.pid] = counts.get(me.pid, 0) + 1
+    if _telemetry.handlers:
+        _telemetry.execute(
+            ("numbeam", "supervisor", "restart"),
+            {"count": 1, "system_time": time.time_ns()},
+            {
+                "supervisor": me.pid,
+                "supervisor_name": supervisor,
+                "child_id": spec.id,
+                "pid": pid,
+                "node": me.rt.node,
+            },
+        )
+
+
 def report(level: int, supervisor: Any, event: str, spec: Child | None, **facts: Any) -> None:
     """Log one supervisor report through the ``numbeam`` logger.
 
@@ -301,6 +333,8 @@ def report(level: int, supervisor: Any, event: str, spec: Child | None, **facts:
     ``shutdown_error``, ``reached_max_restart_intensity``...), ``numbeam_child_id`` and one
     ``numbeam_<fact>`` per keyword.
     """
+    if event == "restarted" and spec is not None:
+        _restarted(supervisor, spec, facts.get("pid"))
     child = "" if spec is None else f"child {spec.id!r} "
     details = ", ".join(f"{k}={v!r}" for k, v in facts.items())
     log.log(

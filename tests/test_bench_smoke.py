@@ -149,3 +149,14 @@ def test_quick_serving_benchmark_runs_and_prints_every_row() -> None:
         matching = [line for line in out.splitlines() if line.startswith(row)]
         assert matching, f"no {row!r} row in the benchmark output:\n{out}"
         assert any(r in matching[0] for r in ("PASS", "FAIL", "info")), matching[0]
+
+
+def test_quick_telemetry_benchmark_runs_and_prints_every_row() -> None:
+    """Ping-pong and spawn/exit with telemetry detached and attached, as ratios to plain."""
+    out = run_quick(BENCH.parent / "telemetry.py")
+    for work in ("ping-pong", "spawn/exit"):
+        for side in ("detached", "attached"):
+            row = f"telemetry {side}"
+            matching = [line for line in out.splitlines() if line.startswith(work) and row in line]
+            assert matching, f"no {work} {row} row in the benchmark output:\n{out}"
+            assert matching[0].rstrip().endswith("info"), matching[0]

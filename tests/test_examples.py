@@ -205,3 +205,34 @@ def test_quick_start_is_two_commands_and_ci_runs_the_same_tests() -> None:
     assert "pytest" in tests
     ci = (ROOT / ".ci" / "run").read_text()
     assert any(line.startswith(tests) for line in ci.splitlines()), ".ci/run must run: " + tests
+
+
+def test_observer_example_serves_its_page_until_stopped() -> None:
+    import signal
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / "observer.py"), "--port", "0", "--seconds", "60"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()  # (the example runs at most 60 s: bounded)
+        m = re.match(r"observer: (http://127\.0\.0\.1:\d+/)", line)
+        assert m, line
+        with urllib.request.urlopen(m.group(1), timeout=30) as r:
+            assert r.status == 200 and "numbeam observer" in r.read().decode()
+        with urllib.request.urlopen(m.group(1) + "metrics", timeout=30) as r:
+            assert 'numbeam_processes{node="nonode@nohost"}' in r.read().decode()
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert re.search(r"stopping after \d+ restarts", out)

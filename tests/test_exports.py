@@ -110,3 +110,18 @@ def test_serving_is_a_namespace_whose_classes_are_also_flattened() -> None:
     # nb.serving.run / run_batch / stats are called through the namespace, as nb.pg.* are.
     assert {"run", "run_batch", "stats", "Serving", "Overloaded"} <= set(nb.serving.__all__)
     assert nb.Serving is nb.serving.Serving and nb.Overloaded is nb.serving.Overloaded
+
+
+def test_telemetry_namespace_exports_its_functions() -> None:
+    assert nb.__all__.count("telemetry") == 1
+    names = ["attach", "attach_many", "detach", "execute", "list_handlers"]
+    assert nb.telemetry.__all__ == names
+    for name in names:
+        fn = getattr(nb.telemetry, name)
+        assert fn.__module__.startswith("numbeam") and inspect.getdoc(fn)
+
+
+def test_observer_namespace_exports_url() -> None:
+    assert nb.__all__.count("observer") == 1
+    assert nb.observer.__all__ == ["url"]
+    assert inspect.getdoc(nb.observer.url)

@@ -43,12 +43,14 @@ import logging
 import os
 import random
 import sys
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import msgpack
 import zmq
+from numbeam.actors import _telemetry
 from numbeam.actors._types import Down, NodeDown, Pid, Ref, RemoteError
 from numbeam.gpu import _devices
 from numbeam.tensors._share import FdChannel, same_host
@@ -763,7 +765,10 @@ class Distribution:
                 return
             peer.creation = creation
             proof = sign(self.cookie, b"client", nonce_s, self.name)
-            self._handshake_send(peer, [b"auth", proof, self.host])
+            auth: list[Any] = [b"auth", proof, self.host]
+            if self.is_hidden:  # so that it introduces us to nobody (Erlang's -hidden)
+                auth.append(True)
+            self._handshake_send(peer, auth)
         elif kind == "welcome" and len(msg) in (2, 3):
             if len(msg) == 3 and self.host is not None:
                 found = same_host(self.host, msg[2])
@@ -785,6 +790,12 @@ class Distribution:
             peer.timer.cancel()
             peer.timer = None
         log.info("node %s: connected to %s", self.name, peer.name)
+        if _telemetry.handlers:
+            _telemetry.execute(
+                ("numbeam", "node", "up"),
+                {"system_time": time.time_ns()},
+                {"node": self.name, "peer": peer.name},
+            )
         self._reencode(peer)
         for fut in peer.waiters:
             if not fut.done():
@@ -794,7 +805,7 @@ class Distribution:
             self._mark_dirty(peer)
         # Transitive connections: meet the nodes it knows, and introduce it to ours (a
         # hidden node is introduced to nobody, and meets nobody).
-        if peer.name not in self.hidden:
+        if peer.name not in self.hidden and not self.is_hidden:
             for other in list(self.peers.values()):
                 if other is not peer and other.state == _UP and other.name not in self.hidden:
                     self._enqueue(other, [OP_NODES, [peer.name]])
@@ -891,6 +902,12 @@ class Distribution:
             peer.bye_waiter.set_result(None)
         if was_up:
             log.info("node %s: lost %s (%s)", self.name, name, reason)
+            if _telemetry.handlers:
+                _telemetry.execute(
+                    ("numbeam", "node", "down"),
+                    {"system_time": time.time_ns()},
+                    {"node": self.name, "peer": name, "reason": reason},
+                )
         # Forget its incoming connection too: nothing more is accepted from that incarnation.
         for ident, inc in list(self.incoming.items()):
             if inc.name == name:
@@ -1233,8 +1250,12 @@ class Distribution:
                 ):
                     raise ValueError("bad hello")
                 self._hello(ident, addr.name, creation, nonce_c, slot)
-            elif kind == b"auth" and inc is not None and len(msg) in (2, 3):
-                self._auth(ident, inc, msg[1], msg[2] if len(msg) == 3 else None)
+            elif kind == b"auth" and inc is not None and len(msg) in (2, 3, 4):
+                self._auth(ident, inc, msg[1], msg[2] if len(msg) >= 3 else None)
+                if len(msg) == 4 and msg[3] is True and inc.authed:
+                    # A hidden node: not in nodes(), introduced to nobody. (After _auth: its
+                    # connection back to it is only made from the loop, later.)
+                    self.hidden.add(inc.name)
             else:
                 raise ValueError(f"unexpected handshake step {kind!r}")
         except Exception as e:

@@ -89,6 +89,7 @@ def test_setup_refuses_a_library_that_is_not_loaded() -> None:
         fast.setup("/nonexistent/libzmq.so")
 
 
+@pytest.mark.timeout(180)  # three test files in a subprocess: ~40 s alone, more on a busy box
 def test_the_node_tests_pass_without_the_c_extensions(pure_python_pytest) -> None:
     pure_python_pytest(
         str(HERE / "test_nodes.py"), str(HERE / "test_fuzz.py"), str(HERE / "test_tensor_nodes.py")
