@@ -21,6 +21,13 @@ Events the runtime emits (measurements; metadata):
   (its pid), ``supervisor_name``, ``child_id``, ``pid`` (the new child), ``node``.
 - ``("numbeam", "node", "up")`` and ``("numbeam", "node", "down")``: ``system_time``;
   ``node`` (this node), ``peer`` (the other one), and for down the ``reason``.
+- ``("numbeam", "serving", "batch")``, when a batch of an `nb.Serving` has run (in the
+  serving's node): ``system_time``, ``size`` (inputs), ``duration`` (ns from hand-off to the
+  partition to its answer), ``queue_length`` (inputs still waiting); ``name``, ``serving``
+  (its pid), ``partition``, ``device`` (or None), ``ok``, ``error`` (None, or what failed it).
+- ``("numbeam", "pipeline", "batch")``, when a pipeline's batcher has run ``handle_batch``:
+  ``system_time``, ``size`` (items), ``duration`` (ns in ``handle_batch``); ``pipeline``
+  (its pid), ``batcher`` (pid), ``ok``, ``error`` (None, or the exception it raised).
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ import logging as _logging
 
 import numbeam.cluster as cluster
 import numbeam.testing as testing
-from numbeam import gpu, observer, telemetry, tensors
+from numbeam import gpu, observer, pipeline, telemetry, tensors
 from numbeam.actors import (
     NOREPLY,
     Agent,
@@ -68,6 +68,7 @@ from numbeam.actors import (
     unregister,
     whereis,
 )
+from numbeam.pipeline import Pipeline
 from numbeam.supervision import Child, DynamicSupervisor, Supervisor
 from numbeam.tensors import Tensor, tensor
 from numbeam.transport import (
@@ -105,6 +106,7 @@ __all__ = [
     "NodeOptions",
     "Overloaded",
     "Pid",
+    "Pipeline",
     "Ref",
     "RemoteError",
     "Runtime",
@@ -141,6 +143,7 @@ __all__ = [
     "observer",
     "offload",
     "pg",
+    "pipeline",
     "process_info",
     "processes",
     "receive",

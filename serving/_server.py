@@ -37,6 +37,7 @@ from numbeam.actors import (
     GenServer,
     Pid,
     Stop,
+    _telemetry,
     devices,
     exit,
     is_normal_exit,
@@ -466,6 +467,24 @@ class Serving(GenServer):
             (now - started) * 1e3,
             "" if ok else f", failed: {out!r}",
         )
+        if _telemetry.handlers:
+            _telemetry.execute(
+                ("numbeam", "serving", "batch"),
+                {
+                    "system_time": time.time_ns(),
+                    "size": n,
+                    "duration": int((now - started) * 1e9),
+                    "queue_length": self.batcher.waiting,
+                },
+                {
+                    "name": self.name,
+                    "serving": self_pid(),
+                    "partition": index,
+                    "device": part.device,
+                    "ok": ok,
+                    "error": None if ok else out,
+                },
+            )
         if ok:
             for item, row in zip(items, rows, strict=True):
                 req = item.request

@@ -159,6 +159,17 @@ def test_serving_example_batches_1000_clients_and_shows_the_failure_paths() -> N
     assert "too many at once: nb.Overloaded:" in out
 
 
+def test_pipeline_example_retries_failures_redoes_a_killed_processor_and_loses_nothing() -> None:
+    out = run_ok([str(EXAMPLES / "pipeline.py")])
+    assert "reading 200 chunks from an in-memory source" in out
+    assert re.search(rf"\d+ chunks done: killed processor {PID}", out)
+    summary = re.search(r"summary: 192 ok, 8 failed, (\d+) retried", out)
+    assert summary and int(summary[1]) >= 16, out  # 8 chunks tried 3 times, and the redone
+    assert out.count("failed: ValueError('chunk ") == 8
+    assert "every chunk acknowledged exactly once: True; none lost: True" in out
+    assert "192 peaks written, all at the tone put in: True" in out
+
+
 def test_cli_prints_version() -> None:
     import numbeam
 

@@ -75,6 +75,31 @@ async def test_concurrent_callers_each_get_their_own_row_in_batches() -> None:
         assert stats["queue_length"] == 0 and 0 < stats["p50_latency"] <= stats["p99_latency"]
 
 
+async def test_each_batch_is_a_telemetry_event() -> None:
+    async with nb.Runtime():
+        me = nb.self()
+        nb.telemetry.attach(
+            "batches", ("numbeam", "serving", "batch"), lambda *e: nb.send(me, ("tel", *e))
+        )
+        try:
+            pid = await nb.Serving.start_link(mlp, name="mlp", batch_size=4, batch_timeout=0.02)
+            rows = await nb.serving.run_batch("mlp", [np.full(8, 0.1)] * 4, timeout=T)
+            assert len(rows) == 4
+            _, event, measured, meta = await nb.receive(lambda m: m[0] == "tel", timeout=T)
+            assert event == ("numbeam", "serving", "batch")
+            assert measured["size"] == 4 and measured["duration"] > 0
+            assert measured["queue_length"] == 0
+            assert meta["name"] == "mlp" and meta["serving"] == pid and meta["partition"] == 0
+            assert meta["ok"] and meta["error"] is None and meta["device"] is None
+            with pytest.raises(ArithmeticError):
+                await nb.serving.run("mlp", np.full(8, -1.0), timeout=T)  # fails its batch
+            _, _, measured, meta = await nb.receive(lambda m: m[0] == "tel", timeout=T)
+            assert measured["size"] == 1 and not meta["ok"]
+            assert isinstance(meta["error"], ArithmeticError)
+        finally:
+            nb.telemetry.detach("batches")
+
+
 async def test_a_lone_request_leaves_after_batch_timeout() -> None:
     async with nb.Runtime():
         await nb.Serving.start_link(mlp, name="mlp", batch_size=64, batch_timeout=0.1)
