@@ -4,6 +4,7 @@ Everything public is re-exported from `numbeam`; import it as ``import numbeam a
 """
 
 from ._genserver import NOREPLY, GenServer, call, cast, reply, stop
+from ._offload import offload
 from ._options import NodeOptions
 from ._runtime import (
     Runtime,
@@ -81,6 +82,7 @@ __all__ = [
     "make_ref",
     "monitor",
     "node",
+    "offload",
     "process_info",
     "processes",
     "receive",

@@ -4,9 +4,10 @@ A server is a process running `_serve`: it builds the user's GenServer instance,
 and acknowledges the starter, then takes one message at a time from its mailbox and
 dispatches it to a callback. The wire format is OTP's, as plain tuples so it can later cross
 nodes unchanged: ``("$gen_call", (pid, ref), request)``, ``("$gen_cast", request)``,
-``("$gen_stop", reason)``. A caller monitors the server while it waits, and marks its ref
-as an alias (OTP 24's trick): `reply` delivers only while the caller still waits, so a reply
-that arrives after a timeout is dropped instead of polluting the caller's mailbox.
+``("$gen_stop", reason)``. A caller monitors the server while it waits and notes the call's
+ref on its process record (OTP 24's alias trick): `reply` hands the value straight to the
+waiting caller, without its mailbox, and only while it still waits, so a reply that arrives
+after a timeout is dropped instead of polluting the caller's mailbox.
 
 Callback contract (all ``async``): ``init(*args, **kwargs)``, ``handle_call(request,
 caller)`` returning the reply or `NOREPLY`, ``handle_cast(request)``, ``handle_info(msg)``,
@@ -21,11 +22,16 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from collections import deque
 from typing import Any, Final, TypeVar
 
 from . import _runtime as rt_mod
 from ._runtime import (
+    _NO_REPLY,
+    _PENDING,
+    _WOKEN,
     Process,
+    _await_reply,
     _check_timeout,
     _current,
     _device_node,
@@ -37,7 +43,7 @@ from ._runtime import (
     receive,
     send,
 )
-from ._types import CallError, Down, Exit, NoProc, Pid, Ref, StartError, Stop
+from ._types import CallError, Down, Exit, NoProc, Pid, Ref, StartError, Stop, _ref_counter
 
 __all__ = ["NOREPLY", "GenServer", "call", "cast", "reply", "stop"]
 
@@ -46,6 +52,7 @@ log = logging.getLogger("numbeam")
 S = TypeVar("S", bound="GenServer")
 
 Caller = tuple[Pid, Ref]
+_new_ref = object.__new__
 
 
 class _NoReply:
@@ -350,14 +357,26 @@ def reply(caller: Caller, value: Any) -> None:
         raise TypeError(
             f"nb.reply() takes the caller handle_call was given, got {caller!r}"
         ) from None
+    proc = pid._proc if type(pid) is Pid else None  # a live local caller, as spawn made it
+    if proc is not None and proc.call_ref is ref:
+        # The hot path of Runtime._reply, inline: the caller waits in nb.call for exactly this.
+        proc.call_ref = None
+        proc.call_reply = value
+        if proc.rt.counting:
+            proc.msgs_in += 1
+        if proc.state == _PENDING:
+            proc.state = _WOKEN
+            proc.rt._make_ready(proc)
+        return
     rt = _rt()
     if type(pid) is Pid and _remote(rt, pid):
         # Delivered there only while the caller still waits.
         rt.dist.reply(pid, ref, value)  # type: ignore[union-attr]
         return
-    proc = rt._lookup(pid)
-    if proc is not None and proc.aliases and ref in proc.aliases:
-        rt._deliver(proc, (ref, value))
+    if proc is None:
+        proc = rt._lookup(pid)
+    if proc is not None:
+        rt._reply(proc, ref, value)
 
 
 def _resolve_alive(dest: Any, what: str) -> Any:
@@ -378,47 +397,104 @@ async def call(dest: Pid | str | tuple[str, str], request: Any, timeout: float |
         TimeoutError: no reply within `timeout` seconds (None waits for ever).
         nb.NoProc: the server is not there.
         nb.CallError: the server exited before replying (``.reason`` is why).
+
+    The reply does not go through the caller's mailbox: `reply` hands it to the waiting
+    caller directly, so messages that arrive meanwhile are not looked at. The caller monitors
+    the server while it waits; a reply after a timeout is dropped.
     """
-    _check_timeout(timeout)
-    me, proc = _resolve_alive(dest, "nb.call()")
-    if proc is me:
+    if timeout is not None and not (
+        (type(timeout) is float or type(timeout) is int) and timeout >= 0
+    ):
+        _check_timeout(timeout)
+    # The hot path: a live local pid, called from a process of the running runtime.
+    server = dest._proc if type(dest) is Pid else None
+    me = _current.get(None)
+    if server is None or me is None or me.rt is not rt_mod._runtime:
+        me, server = _resolve_alive(dest, "nb.call()")
+    if server is me:
         raise RuntimeError(f"nb.call(): process {me.pid!r} called itself, which would deadlock")
-    remote = proc is dest
-    ref = monitor(dest if remote else proc.pid)
-    if me.aliases is None:
-        me.aliases = set()
-    me.aliases.add(ref)
-    try:
-        if remote:
-            send(dest, ("$gen_call", (me.pid, ref), request))  # TypeError if it cannot cross
-        else:
-            me.rt._deliver(proc, ("$gen_call", (me.pid, ref), request))
-    except BaseException:
-        me.aliases.discard(ref)
-        demonitor(ref)
-        raise
-    try:
-        msg = await receive(
-            lambda m: (
-                (type(m) is tuple and len(m) == 2 and type(m[0]) is Ref and m[0] == ref)
-                or (type(m) is Down and m.ref == ref)
-            ),
-            timeout=timeout,
+    if me.call_ref is not None or me.state == _PENDING:
+        raise RuntimeError(
+            f"two tasks are waiting for process {me.pid!r} at once; only the process's own "
+            "task may call nb.call() or nb.receive()"
         )
-    except TimeoutError:
-        raise TimeoutError(f"nb.call({dest!r}, ...) got no reply within {timeout} s") from None
-    finally:
-        me.aliases.discard(ref)
-        demonitor(ref, flush=True)
-    if type(msg) is Down:
-        if _same_reason(msg.reason, "noproc"):
+    rt = me.rt
+    if server is dest:  # on another node: a monitor there, the reply comes back by OP_REPLY
+        ref = monitor(dest)
+        me.call_ref = ref
+        try:
+            send(dest, ("$gen_call", (me.pid, ref), request))  # TypeError if it cannot cross
+            value = await _await_reply(me, ref, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"nb.call({dest!r}, ...) got no reply within {timeout} s") from None
+        finally:
+            me.call_ref = None
+            demonitor(ref, flush=True)
+    else:
+        # A local server: the monitor is only the server's half (its exit sends us the Down),
+        # taken back here when the call is over.
+        ref = _new_ref(Ref)  # (Ref(rt.node), without the call of __init__)
+        ref.node = rt.node
+        ref.id = next(_ref_counter)
+        watchers = server.monitored_by
+        if watchers is None:
+            server.monitored_by = watchers = {}
+        watchers[ref] = me.pid
+        me.call_ref = ref
+        try:
+            # (rt._deliver, inline: the request goes to the server's mailbox and wakes it)
+            mb = server.mailbox
+            if mb is None:
+                server.mailbox = mb = deque()
+            mb.append(("$gen_call", (me.pid, ref), request))
+            if rt.counting:
+                server.msgs_in += 1
+            if server.state == _PENDING:
+                server.state = _WOKEN
+                rt._ready.append(server)
+                if not rt._drain_scheduled:
+                    rt._drain_scheduled = True
+                    rt._loop.call_soon(rt._drain)
+            value = await _await_reply(me, ref, timeout)
+        except TimeoutError:
+            raise TimeoutError(f"nb.call({dest!r}, ...) got no reply within {timeout} s") from None
+        finally:
+            me.call_ref = None
+            watchers = server.monitored_by
+            if watchers is None or watchers.pop(ref, None) is None:
+                # The server exited: its Down for this call may be in our mailbox.
+                _drop_down(me, ref)
+    if type(value) is tuple and len(value) == 2 and value[0] is _NO_REPLY:
+        down = value[1]
+        if _same_reason(down.reason, "noproc"):
             raise NoProc(f"nb.call(): {dest!r} is not alive")
-        raise CallError(msg.reason, f"nb.call({dest!r}, ...): the server exited: {msg.reason!r}")
-    return msg[1]
+        raise CallError(down.reason, f"nb.call({dest!r}, ...): the server exited: {down.reason!r}")
+    return value
+
+
+def _drop_down(me: Process, ref: Ref) -> None:
+    mb = me.mailbox
+    if mb:
+        for i, m in enumerate(mb):
+            if type(m) is Down and m.ref == ref:
+                del mb[i]
+                return
 
 
 def cast(dest: Pid | str | tuple[str, str], request: Any) -> None:
     """Send `request` to a GenServer without waiting. Never fails, as in OTP."""
+    rt = rt_mod._runtime
+    if (
+        type(dest) is tuple
+        and rt is not None
+        and rt.dist is not None
+        and len(dest) == 2
+        and type(dest[0]) is str
+        and type(dest[1]) is str
+        and dest[1] != rt.node
+    ):
+        rt.dist.cast_name(dest[0], dest[1], request)  # the hot path of a cast to (name, node)
+        return
     try:
         send(dest, ("$gen_cast", request))
     except NoProc:

@@ -62,6 +62,11 @@ class NodeOptions:
         worker_start_timeout: seconds a device worker may take to start (CUDA context
             creation included); past it, it is started again, and what waited for it is told
             ``"noconnection"`` (env ``NUMBEAM_WORKER_START_TIMEOUT``).
+        offload_threads: the threads of the node's pool for `nb.offload` (env
+            ``NUMBEAM_OFFLOAD_THREADS``; None: one per CPU this process may use).
+        offload_blas_threads: the most threads each BLAS / OpenMP library may use while the
+            node runs, set with threadpoolctl when the offload pool starts (env
+            ``NUMBEAM_OFFLOAD_BLAS_THREADS``; None: CPUs // offload_threads, at least 1).
         hidden: a hidden node (Erlang's ``-hidden``): the nodes it connects to do not list it
             in ``nb.nodes()`` and introduce it to nobody, and it meets only the nodes it
             connects to itself (env ``NUMBEAM_HIDDEN``); what ``numbeam observer`` and
@@ -99,6 +104,8 @@ class NodeOptions:
     devices: str | list[str] | tuple[str, ...] | None = "auto"
     start_workers: str = "lazy"
     worker_start_timeout: float = 60.0
+    offload_threads: int | None = None
+    offload_blas_threads: int | None = None
     hidden: bool = False
     observer: int | None = None
     observer_host: str = "127.0.0.1"
@@ -137,6 +144,12 @@ class NodeOptions:
         wst = self.worker_start_timeout
         if not isinstance(wst, (int, float)) or isinstance(wst, bool) or wst <= 0:
             raise ValueError(f"worker_start_timeout must be a number of seconds > 0, got {wst!r}")
+        for name in ("offload_threads", "offload_blas_threads"):
+            value = getattr(self, name)
+            if value is not None and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1
+            ):
+                raise ValueError(f"{name} must be an int >= 1 or None, got {value!r}")
         if self.devices is not None and not isinstance(self.devices, (str, list, tuple)):
             raise TypeError(
                 f"devices must be 'auto', a list of device names or [], got {self.devices!r}"

@@ -12,6 +12,12 @@ iteration per message. The drain stops after `run_queue_budget` wake-ups (BEAM's
 so I/O still gets its turn. Everything else (first steps, asyncio sleeps, sockets) goes
 through the loop as usual.
 
+Timeouts cost nothing until they fire. A receive that finds its message arms no timer; a
+process that parks with a timeout only notes it, and once the run queue is drained the runtime
+puts the deadlines of those still waiting in a heap of its own, with one loop timer for the
+earliest (`send_after` and `nb.call` use the same heap). A wait that ends leaves its entry to
+be dropped when it comes up (lazy cancellation), and the heap is compacted as it grows.
+
 Messages stay in the mailbox until `receive` takes them, so a receive that is cancelled after
 being woken leaves the mailbox exactly as it was. Exit handling runs from the task's done
 callback: it unregisters the process, sends exit signals along its links and `Down` messages
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import heapq
 import inspect
 import itertools
 import logging
@@ -103,6 +110,19 @@ def _is_str(reason: Any, value: str) -> bool:
 
 _no_result = type(None)  # calling it returns None, at C speed
 
+
+class _NoReplyYet:
+    __slots__ = ()
+
+
+_NO_REPLY: Any = _NoReplyYet()  # Process.call_reply while the reply has not come
+_heappush = heapq.heappush
+_heappop = heapq.heappop
+_INF = float("inf")
+# Process.wait_timer once its deadline has passed while it was not parked (woken by a message
+# that its wait did not take): its wait loop sees it and times out. (A tuple: never armed.)
+_TIMED_OUT: tuple[()] = ()
+
 # Where a process stands with respect to `receive`: parked (PENDING) or not.
 _RUNNING, _PENDING, _WOKEN, _CANCELLED, _EXPIRED = 0, 1, 2, 3, 4
 
@@ -124,6 +144,8 @@ class Process:
         "_context",
         "_loop",
         "aliases",
+        "call_ref",
+        "call_reply",
         "fn",
         "kill_reason",
         "links",
@@ -141,6 +163,7 @@ class Process:
         "task",
         "timers",
         "trap",
+        "wait_timer",
     )
 
     started: int  # monotonic ns at spawn; set only while telemetry handlers are attached
@@ -171,6 +194,14 @@ class Process:
         self.kill_reason: Any = None
         self.timers: set[TimerRef] | None = None
         self.aliases: set[Ref] | None = None  # refs whose replies are still wanted (nb.call)
+        # The timeout of the wait this process is parked in: None when it waits for ever (or
+        # does not wait), its seconds while the runtime has not armed it yet, and once armed
+        # the entry of the runtime's deadline heap (see Runtime._arm_deadlines).
+        self.wait_timer: Any = None
+        # While in nb.call to a local server: the call's ref, and the reply once it is here
+        # (a reply goes straight here instead of through the mailbox).
+        self.call_ref: Ref | None = None
+        self.call_reply: Any = _NO_REPLY
         self.msgs_in = 0  # messages delivered to its mailbox, while rt.counting
         self.msgs_out = 0  # messages it sent, while rt.counting
 
@@ -184,6 +215,7 @@ class Process:
         if self.state != _PENDING:
             return False
         self.state = _CANCELLED
+        self.wait_timer = None
         self.result = self._cancelled_result
         self.rt._make_ready(self)
         return True
@@ -327,7 +359,7 @@ def _check_async_fn(fn: Any, what: str) -> None:
     if not _is_async_fn(fn):
         raise TypeError(
             f"{what} needs an async function (async def), got {fn!r}; "
-            "wrap blocking work in `await asyncio.to_thread(...)` inside an async function"
+            "run blocking work with `await nb.offload(fn, *args)` inside an async function"
         )
 
 
@@ -360,7 +392,20 @@ class Runtime:
         self._ids = itertools.count(1)
         self._procs: dict[int, Process] = {}
         self._names: dict[str, Process] = {}
-        self._timers: dict[TimerRef, asyncio.TimerHandle] = {}
+        # Live send_after timers, each to its entry in the deadline heap.
+        self._timers: dict[TimerRef, tuple[Any, ...]] = {}
+        # Every deadline of the node (receive and call timeouts, send_after) in one heap of
+        # (when, seq, target, ...) entries, with one loop timer for the earliest. Cancelling
+        # is lazy: an entry is live while its process's `wait_timer` (or `_timers[tref]`) is
+        # that very entry; dead entries are dropped when they come up, or by `_compact`.
+        self._deadlines: list[tuple[Any, ...]] = []
+        self._deadline_seq = itertools.count()
+        self._deadline_handle: asyncio.TimerHandle | None = None
+        self._deadline_at = _INF
+        self._deadlines_limit = 1024  # compact the heap past this many entries
+        # Processes that parked with a timeout since the last `_arm_deadlines`: a wait that
+        # ends before then (most do, in a busy node) never touches the heap or the loop.
+        self._unarmed: list[Process] = []
         self._ready: deque[Process] = deque()
         self._drain_scheduled = False
         # Run after each drain of the run queue: the transport sends what the processes just
@@ -531,13 +576,20 @@ class Runtime:
                 break
         for proc in self._procs.values():
             proc.pid._proc = None  # tasks that ignored the kill: unreachable from now on
-        for handle in self._timers.values():
-            handle.cancel()
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+            self._deadline_handle = None
+        self._deadline_at = _INF
+        self._deadlines.clear()
+        self._unarmed.clear()
         self._timers.clear()
         self._ready.clear()
         workers = self.extensions.get("gpu.workers")
         if workers is not None:
             await workers.close()  # device workers stop once nothing of ours runs there
+        offload = self.extensions.get("actors.offload")
+        if offload is not None:
+            offload.close()  # nb.offload's threads: jobs not started are dropped
         if self.dist is not None:
             await self.dist.close()
 
@@ -602,6 +654,97 @@ class Runtime:
                 self._drain_scheduled = False
             if self._after_drain is not None:
                 self._after_drain()
+
+    # -- deadlines -------------------------------------------------------------------------
+
+    def _park_timed(self, proc: Process, timeout: float) -> None:
+        """`proc` parks for at most `timeout` seconds: noted now, armed by `_arm_deadlines`
+        (scheduled by the first process to park after the last one ran)."""
+        proc.wait_timer = timeout
+        unarmed = self._unarmed
+        if not unarmed:
+            self._loop.call_soon(self._arm_deadlines)
+        unarmed.append(proc)
+
+    def _arm_deadlines(self) -> None:
+        """Put the deadlines of the processes still waiting since they parked in the heap.
+
+        A deadline counts from here, at most one run-queue drain after the process parked:
+        a timeout fires late by that much at worst, never early.
+        """
+        procs = self._unarmed[:]
+        if not procs:
+            return
+        self._unarmed.clear()  # the next process to park schedules the next run
+        now = self._loop.time()
+        heap = self._deadlines
+        seq = self._deadline_seq
+        for p in procs:
+            wt = p.wait_timer
+            if wt is None or type(wt) is tuple:
+                continue  # its wait ended, or is armed already
+            when = now + wt
+            if when == _INF:
+                continue  # never fires
+            entry = (when, next(seq), p)
+            p.wait_timer = entry
+            _heappush(heap, entry)
+        self._schedule_deadlines()
+
+    def _add_deadline(self, entry: tuple[Any, ...]) -> None:
+        _heappush(self._deadlines, entry)
+        self._schedule_deadlines()
+
+    def _schedule_deadlines(self) -> None:
+        """Keep one loop timer, at the earliest deadline."""
+        heap = self._deadlines
+        if len(heap) > self._deadlines_limit:
+            self._compact()
+        if not heap:
+            return
+        first = heap[0][0]
+        if first >= self._deadline_at or first == _INF:
+            return  # the loop timer comes earlier; it will look again
+        if self._deadline_handle is not None:
+            self._deadline_handle.cancel()
+        self._deadline_at = first
+        self._deadline_handle = self._loop.call_at(first, self._fire_deadlines)
+
+    def _live(self, entry: tuple[Any, ...]) -> bool:
+        target = entry[2]
+        if type(target) is Process:
+            return target.wait_timer is entry
+        return self._timers.get(target) is entry
+
+    def _compact(self) -> None:
+        """Drop the cancelled entries from the heap (amortised: at most once per doubling)."""
+        heap = self._deadlines
+        heap[:] = [e for e in heap if self._live(e)]
+        heapq.heapify(heap)
+        self._deadlines_limit = max(1024, 2 * len(heap))
+
+    def _fire_deadlines(self) -> None:
+        self._deadline_handle = None
+        self._deadline_at = _INF
+        heap = self._deadlines
+        now = self._loop.time()
+        while heap and heap[0][0] <= now:
+            entry = _heappop(heap)
+            target = entry[2]
+            if type(target) is Process:
+                if target.wait_timer is entry:
+                    if target.state == _PENDING:
+                        target.wait_timer = None
+                        target._expire()
+                    else:  # woken, not yet run: its wait loop will see this
+                        target.wait_timer = _TIMED_OUT
+            elif self._timers.get(target) is entry:
+                del self._timers[target]
+                try:
+                    self._fire_timer(target, entry[3], entry[4])
+                except Exception:
+                    log.exception("send_after to %r failed", entry[3])
+        self._schedule_deadlines()
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -688,6 +831,25 @@ class Runtime:
                 self._drain_scheduled = True
                 self._loop.call_soon(self._drain)
 
+    def _reply(self, proc: Process, ref: Ref, value: Any) -> None:
+        """The reply to the call `ref` arrives for `proc`: straight to it while it waits in
+        `nb.call` (no mailbox, no match), through its mailbox as ``(ref, value)`` while it
+        still wants it (an alias: `nb.Task`), else dropped (the caller gave up)."""
+        cr = proc.call_ref
+        if cr is not None and (cr is ref or cr == ref):
+            proc.call_ref = None
+            proc.call_reply = value
+            if self.counting:
+                proc.msgs_in += 1  # (a reply counts as a message, as through the mailbox)
+            if proc.state == _PENDING:
+                proc.state = _WOKEN
+                self._ready.append(proc)
+                if not self._drain_scheduled:
+                    self._drain_scheduled = True
+                    self._loop.call_soon(self._drain)
+        elif proc.aliases and ref in proc.aliases:
+            self._deliver(proc, (ref, value))
+
     def _kill(self, proc: Process, reason: Any) -> None:
         if proc.kill_reason is not None:
             return  # already dying; the first reason wins
@@ -715,9 +877,8 @@ class Runtime:
             del self._names[proc.name]
         if proc.timers:
             for tref in proc.timers:
-                handle = self._timers.pop(tref, None)
-                if handle is not None:
-                    handle.cancel()
+                self._timers.pop(tref, None)  # its heap entry is dead from now on
+        proc.wait_timer = None
         if self.exit_hooks:  # global names and groups: freed before anyone hears of the exit
             for hook in self.exit_hooks:
                 hook(pid)
@@ -780,7 +941,6 @@ class Runtime:
             )
 
     def _fire_timer(self, tref: TimerRef, dest: Any, msg: Any) -> None:
-        self._timers.pop(tref, None)
         if type(dest) is Pid and self.dist is not None and dest.node != self.node:
             try:
                 self.dist.send(dest, msg)
@@ -982,11 +1142,23 @@ def send(dest: Dest, msg: Any) -> None:
     proc = dest._proc if type(dest) is Pid else None
     if proc is None:
         rt = _runtime
-        if rt is not None and rt.dist is not None and type(dest) is Pid and dest.node != rt.node:
-            if rt.counting:
-                _count_out()
-            rt.dist.send(dest, msg)  # the hot path of a remote send
-            return
+        if rt is not None and rt.dist is not None:
+            if type(dest) is Pid and dest.node != rt.node:
+                if rt.counting:
+                    _count_out()
+                rt.dist.send(dest, msg)  # the hot path of a remote send
+                return
+            if (
+                type(dest) is tuple
+                and len(dest) == 2
+                and type(dest[0]) is str
+                and type(dest[1]) is str
+                and dest[1] != rt.node
+            ):
+                if rt.counting:
+                    _count_out()
+                rt.dist.send_name(dest[0], dest[1], msg)  # (name, node): as fast as a pid
+                return
         proc = _resolve_for_send(dest, msg)
         if proc is None:
             return
@@ -1045,7 +1217,7 @@ def _matcher(match: Match) -> Callable[[Any], bool]:
 
 
 @types.coroutine
-def receive(match: Match = None, *, timeout: float | None = None) -> Generator[Any, None, Any]:
+def receive(match: Match = None, timeout: float | None = None) -> Generator[Any, None, Any]:
     """Return the next message in the calling process's mailbox, waiting for one if needed.
 
     Use it as ``msg = await nb.receive(...)``.
@@ -1080,9 +1252,80 @@ def receive(match: Match = None, *, timeout: float | None = None) -> Generator[A
         proc._asyncio_future_blocking = True
         yield proc
         return proc.mailbox.popleft()  # type: ignore[union-attr]
+    if match is None and (type(timeout) is int or type(timeout) is float) and timeout > 0:
+        # The next hot path: a message that is there is taken without a timer; a process
+        # that parks notes its timeout, which the runtime arms only if it is still waiting
+        # once the run queue is drained (Runtime._arm_deadlines).
+        try:
+            mb = proc.mailbox
+        except AttributeError:
+            _me("nb.receive()")
+            raise
+        if mb:
+            return mb.popleft()
+        if proc.state == _PENDING:
+            _concurrent_receive(proc)
+        proc.state = _PENDING
+        proc.wait_timer = timeout  # (Runtime._park_timed, inline)
+        unarmed = proc.rt._unarmed
+        if not unarmed:
+            proc.rt._loop.call_soon(proc.rt._arm_deadlines)
+        unarmed.append(proc)
+        proc._asyncio_future_blocking = True
+        yield proc
+        proc.wait_timer = None
+        mb = proc.mailbox
+        if mb:
+            return mb.popleft()
+        raise TimeoutError(f"receive: no message within {timeout} s")
     if proc is None:
         _me("nb.receive()")
     return (yield from _receive_slow(proc, match, timeout))
+
+
+@types.coroutine
+def _await_reply(proc: Process, ref: Ref, timeout: float | None) -> Generator[Any, None, Any]:
+    """Park the caller of `nb.call` until `Runtime._reply` puts the answer to `ref` in
+    ``proc.call_reply``, or a ``Down`` for `ref` reaches its mailbox (returned as
+    ``(_NO_REPLY, down)``). Other messages stay where they are. TimeoutError on expiry.
+    The caller set ``proc.call_ref = ref`` before sending its request."""
+    mb = proc.mailbox
+    start = len(mb) if mb else 0  # what was there before cannot be this call's Down
+    if timeout is not None:
+        proc.wait_timer = timeout  # (Runtime._park_timed, inline)
+        unarmed = proc.rt._unarmed
+        if not unarmed:
+            proc.rt._loop.call_soon(proc.rt._arm_deadlines)
+        unarmed.append(proc)
+    try:
+        while True:
+            value = proc.call_reply
+            if value is not _NO_REPLY:
+                return value
+            proc.state = _PENDING
+            proc._asyncio_future_blocking = True
+            yield proc
+            value = proc.call_reply
+            if value is not _NO_REPLY:
+                return value
+            expired = proc.state == _EXPIRED or proc.wait_timer is _TIMED_OUT
+            mb = proc.mailbox
+            if mb:
+                n = len(mb)
+                for i in range(start, n):
+                    m = mb[i]
+                    if type(m) is Down and m.ref == ref:
+                        del mb[i]
+                        return (_NO_REPLY, m)
+                start = n
+            if expired:
+                raise TimeoutError
+    finally:
+        if proc.state == _PENDING:  # (closed while parked: it is not parked any more)
+            proc.state = _RUNNING
+        proc.wait_timer = None
+        proc.call_ref = None
+        proc.call_reply = _NO_REPLY
 
 
 def _concurrent_receive(proc: Process) -> None:
@@ -1109,12 +1352,13 @@ async def _receive_slow(proc: Process, match: Match, timeout: float | None) -> A
         raise TimeoutError("receive(timeout=0): no matching message in the mailbox")
     if proc.state == _PENDING:
         _concurrent_receive(proc)
-    handle = None if timeout is None else proc.rt._loop.call_later(timeout, proc._expire)
+    if timeout is not None:
+        proc.rt._park_timed(proc, timeout)
     try:
         while True:
             proc.state = _PENDING
             await proc
-            expired = proc.state == _EXPIRED
+            expired = proc.state == _EXPIRED or proc.wait_timer is _TIMED_OUT
             mb = proc.mailbox
             if mb:
                 n = len(mb)
@@ -1130,8 +1374,7 @@ async def _receive_slow(proc: Process, match: Match, timeout: float | None) -> A
                 raise TimeoutError(f"receive: no matching message within {timeout} s")
     finally:
         proc.state = _RUNNING
-        if handle is not None:
-            handle.cancel()
+        proc.wait_timer = None
 
 
 def link(pid: Pid) -> None:
@@ -1398,7 +1641,9 @@ def send_after(delay: float, dest: Pid | str, msg: Any) -> TimerRef:
         if proc.timers is None:
             proc.timers = set()
         proc.timers.add(tref)
-    rt._timers[tref] = rt._loop.call_later(delay, rt._fire_timer, tref, dest, msg)
+    entry = (rt._loop.time() + delay, next(rt._deadline_seq), tref, dest, msg)
+    rt._timers[tref] = entry
+    rt._add_deadline(entry)
     return tref
 
 
@@ -1407,11 +1652,10 @@ def cancel_timer(tref: TimerRef) -> float | bool:
     rt = _rt()
     if not isinstance(tref, TimerRef):
         raise TypeError(f"nb.cancel_timer() takes the TimerRef send_after returned, got {tref!r}")
-    handle = rt._timers.pop(tref, None)
-    if handle is None:
+    entry = rt._timers.pop(tref, None)  # its heap entry is dead from now on
+    if entry is None:
         return False
-    handle.cancel()
-    return max(0.0, handle.when() - rt._loop.time())
+    return max(0.0, entry[0] - rt._loop.time())
 
 
 def run(main: Callable[..., Coroutine[Any, Any, T]], *args: Any, **options: Any) -> T:

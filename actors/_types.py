@@ -76,7 +76,7 @@ class Ref:
         return self.id == other.id and self.node == other.node
 
     def __hash__(self) -> int:
-        return hash((self.id, self.node))
+        return self.id  # (equal refs have equal ids; refs of other nodes rarely share one)
 
     def __repr__(self) -> str:
         return f"#Ref<{self.id}>"

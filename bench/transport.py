@@ -102,6 +102,31 @@ async def count(peer: nb.Pid, n: int) -> None:
     nb.send(peer, ("done", n))
 
 
+async def count_named(peer: nb.Pid, n: int, name: str) -> None:
+    """`count`, registered as `name` (sent to as ``(name, node)``)."""
+    nb.register(name, nb.self())
+    await count(peer, n)
+
+
+class CastCounter(nb.GenServer):
+    """Counts `n` casts, then tells `peer` once and stops."""
+
+    async def init(self, peer: nb.Pid, n: int) -> None:
+        self.peer, self.n, self.left = peer, n, n
+        nb.send(peer, ("ready", nb.self()))
+
+    async def handle_cast(self, request: Any) -> None:
+        self.left -= 1
+        if not self.left:
+            nb.send(self.peer, ("done", self.n))
+            raise nb.Stop("normal")
+
+
+async def cast_server(peer: nb.Pid, n: int, name: str) -> None:
+    """Start a `CastCounter` registered as `name` on this node (it outlives this process)."""
+    await CastCounter.start(peer, n, name=name)
+
+
 async def read_array(peer: nb.Pid) -> None:
     """For each array received, send `peer` its first element, until None."""
     receive, send = nb.receive, nb.send
@@ -173,6 +198,36 @@ async def nb_oneway(b_node: str, n: int) -> float:
         elapsed = perf_counter() - t0
     if done != ("done", n):
         raise RuntimeError(f"the counter answered {done!r}")
+    return elapsed
+
+
+async def nb_oneway_named(b_node: str, n: int) -> float:
+    """`nb_oneway` to ``(name, node)`` instead of a pid."""
+    await _start_peer(b_node, "count_named", n, "bench_count")
+    dest, send = ("bench_count", b_node), nb.send
+    async with asyncio.timeout(LIMIT):
+        t0 = perf_counter()
+        for i in range(n):
+            send(dest, ("m", i))
+        done = await nb.receive()
+        elapsed = perf_counter() - t0
+    if done != ("done", n):
+        raise RuntimeError(f"the counter answered {done!r}")
+    return elapsed
+
+
+async def nb_cast_named(b_node: str, n: int) -> float:
+    """`nb_oneway` as `nb.cast` to a GenServer registered on node B, by ``(name, node)``."""
+    await _start_peer(b_node, "cast_server", n, "bench_cast")
+    dest, cast = ("bench_cast", b_node), nb.cast
+    async with asyncio.timeout(LIMIT):
+        t0 = perf_counter()
+        for i in range(n):
+            cast(dest, ("m", i))
+        done = await nb.receive()
+        elapsed = perf_counter() - t0
+    if done != ("done", n):
+        raise RuntimeError(f"the server answered {done!r}")
     return elapsed
 
 
@@ -425,7 +480,13 @@ def _raw_ready(words: list[str]) -> list[str] | None:
     return words[1:] if len(words) >= 2 and words[0] == "ready" else None
 
 
-RAW_MODES = {"ping-pong": "echo", "one-way": "count", "array": "array"}
+RAW_MODES = {
+    "ping-pong": "echo",
+    "one-way": "count",
+    "array": "array",
+    "named": None,  # its baseline is numbeam's own one-way to a pid
+    "cast": "count",
+}
 
 
 @dataclass
@@ -474,19 +535,22 @@ def cluster(
             child = Child(f"node {t.b_name()}", argv, t.tmp / "node-b.log", env, cpus)
             children.append(child)
             waits.append((t, None, child))
-            for bench in benchmarks:
-                mode = RAW_MODES[bench]
+            modes = {RAW_MODES[bench] for bench in benchmarks} - {None}
+            for mode in sorted(m for m in modes if m is not None):
                 argv = [sys.executable, __file__, "--serve-raw", mode, *t.raw_endpoints(mode)]
                 log = t.tmp / f"{mode}.log"
                 child = Child(f"raw {mode} server ({t_name})", argv, log, env, cpus)
                 children.append(child)
-                waits.append((t, bench, child))
+                waits.append((t, mode, child))
             out.append(t)
-        for t, for_bench, child in waits:
-            if for_bench is None:
+        for t, for_mode, child in waits:
+            if for_mode is None:
                 t.b_node = child.ready(_node_ready)
-            else:
-                t.raw[for_bench] = child.ready(_raw_ready)
+            else:  # one raw server per mode, for every benchmark of that mode
+                endpoints = child.ready(_raw_ready)
+                for bench, mode in RAW_MODES.items():
+                    if mode == for_mode:
+                        t.raw[bench] = endpoints
         yield out
     finally:
         for child in children:
@@ -562,7 +626,7 @@ class Row:
     result: str
 
 
-TARGETS = {"ping-pong": 0.5, "one-way": 0.5, "array": 0.7}
+TARGETS = {"ping-pong": 0.5, "one-way": 0.5, "array": 0.7, "named": 0.8, "cast": 0.5}
 BENCHMARKS = tuple(TARGETS)
 TRANSPORTS = ("tcp", "ipc")
 
@@ -573,6 +637,10 @@ def _work(bench: str, sizes: Sizes, arr: np.ndarray) -> tuple[Callable[..., Any]
         return nb_pingpong, (sizes.pingpong,)
     if bench == "one-way":
         return nb_oneway, (sizes.oneway,)
+    if bench == "named":
+        return nb_oneway_named, (sizes.oneway,)
+    if bench == "cast":
+        return nb_cast_named, (sizes.oneway,)
     return nb_array, (arr, sizes.array_transfers)
 
 
@@ -581,7 +649,7 @@ def _raw(
 ) -> Callable[[zmq.Context[Any], list[str]], float]:
     if bench == "ping-pong":
         return lambda ctx, eps: raw_pingpong(ctx, eps, sizes.pingpong)
-    if bench == "one-way":
+    if bench in ("one-way", "cast"):
         return lambda ctx, eps: raw_oneway(ctx, eps, sizes.oneway)
     return lambda ctx, eps: raw_array(ctx, eps, arr, sizes.array_transfers)
 
@@ -591,6 +659,10 @@ def _name(bench: str, sizes: Sizes) -> str:
         return f"ping-pong ({sizes.pingpong / 1000:g}k round trips)"
     if bench == "one-way":
         return f"one-way ({sizes.oneway / 1000:g}k small messages)"
+    if bench == "named":
+        return f"one-way to (name, node) ({sizes.oneway / 1000:g}k) vs to a pid"
+    if bench == "cast":
+        return f"cast to a named GenServer ({sizes.oneway / 1000:g}k)"
     return f"{sizes.array_mb} MB array x {sizes.array_transfers}"
 
 
@@ -629,6 +701,67 @@ def measure(
     )
 
 
+ONE_WAY_FAMILY = ("one-way", "named", "cast")  # measured together, in one node A per run
+
+
+async def _nb_measure_family(
+    b_node: str, works: list[tuple[Callable[..., Any], tuple[Any, ...]]]
+) -> list[float]:
+    """Each of `works` in turn, in one node A (one start-up for all: the smoke run is short)."""
+    async with asyncio.timeout(LIMIT):
+        if not await nb.connect(b_node):
+            raise RuntimeError(f"cannot connect to node {b_node}")
+    return [float(await work(b_node, *args)) for work, args in works]
+
+
+def measure_family(
+    t: Transport, benches: list[str], sizes: Sizes, cookie: str, where: str
+) -> list[Row]:
+    """One-way to a pid, to ``(name, node)`` and casts to a named GenServer: numbeam's sides
+    in one node A per run (the pid one-way is named's baseline), raw PUSH/PULL once per run
+    (the baseline of one-way and cast); interleaved, best of `sizes.repeats` each."""
+    keys = ["one-way", *[b for b in benches if b != "one-way"]]
+    n = sizes.oneway
+    works = [_work(b, sizes, np.zeros(1))[0] for b in keys]
+    best = dict.fromkeys(keys, float("inf"))
+    best_raw = float("inf")
+    raw_key = "one-way" if "one-way" in t.raw else "cast"
+    ctx = zmq.Context()
+    try:
+        for _ in range(sizes.repeats):
+            if "one-way" in benches or "cast" in benches:
+                gc.collect()
+                best_raw = min(best_raw, raw_oneway(ctx, t.raw[raw_key], n))
+            gc.collect()
+            got = nb.run(
+                _nb_measure_family,
+                t.b_node,
+                [(w, (n,)) for w in works],
+                node=t.a_name(),
+                cookie=cookie,
+            )
+            for key, elapsed in zip(keys, got, strict=True):
+                best[key] = min(best[key], elapsed)
+    finally:
+        ctx.term()
+    rows = []
+    for bench in benches:
+        base = best["one-way"] if bench == "named" else best_raw
+        base_s = rate(n / base) + (" (numbeam, to a pid)" if bench == "named" else "")
+        ratio, target = base / best[bench], TARGETS[bench]
+        rows.append(
+            Row(
+                f"{t.name} {_name(bench, sizes)}, {where}",
+                rate(n / best[bench]),
+                base_s,
+                f"{ratio:.3g}x",
+                f">= {target:g}x",
+                "PASS" if ratio >= target else "FAIL",
+            )
+        )
+    return rows
+
+
 def _array(sizes: Sizes) -> np.ndarray:
     # Filled, so every page is touched before timing (np.zeros would map them lazily).
     n = sizes.array_mb * 10**6 // np.dtype(ARRAY_DTYPE).itemsize
@@ -655,8 +788,12 @@ def run_all(
                 _pin_self(pl.a or everywhere)
             with cluster(transports, benchmarks, cookie, pl.b) as ts:
                 for t in ts:
+                    family = [b for b in benchmarks if b in ONE_WAY_FAMILY]
                     for bench in benchmarks:
-                        rows.append(measure(t, bench, sizes, arr, cookie, name))
+                        if bench not in ONE_WAY_FAMILY:
+                            rows.append(measure(t, bench, sizes, arr, cookie, name))
+                        elif bench == family[0]:
+                            rows.extend(measure_family(t, family, sizes, cookie, name))
     finally:
         if everywhere is not None:
             _pin_self(everywhere)

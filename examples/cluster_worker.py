@@ -8,7 +8,6 @@ module, so both sides agree on what the function is.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 
@@ -24,7 +23,7 @@ def percentiles(chunk: np.ndarray) -> list[float]:
 
 async def chunk_stats(reply_to: nb.Pid, job: int, chunk: np.ndarray) -> None:
     """One job as a process: compute in a thread, so the node keeps serving, then report."""
-    value = await asyncio.to_thread(percentiles, chunk)
+    value = await nb.offload(percentiles, chunk)
     nb.send(reply_to, ("result", job, value, nb.self()))
 
 

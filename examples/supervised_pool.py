@@ -14,7 +14,6 @@ Run it:  python examples/supervised_pool.py
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 from collections import deque
@@ -56,7 +55,7 @@ class Worker(nb.GenServer):
         _, job, reply_to = request
         if job.n in CORRUPT_BATCHES and job.attempt == 1:
             raise ValueError(f"job {job.n}: corrupt input batch")
-        value = await asyncio.to_thread(estimate_pi, job.n, SAMPLES)
+        value = await nb.offload(estimate_pi, job.n, SAMPLES)
         nb.send(reply_to, ("done", self.id, job, value))
 
 

@@ -3,8 +3,6 @@ examples/cluster_worker.py for why remote functions live in a module)."""
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 import numbeam as nb
@@ -32,5 +30,5 @@ async def column_means(reply_to: nb.Pid) -> None:
             matrix.shape[1], "f32", lambda out: np.mean(matrix.numpy(), axis=0, out=out)
         )
 
-    means = await asyncio.to_thread(compute)  # the node keeps serving meanwhile
+    means = await nb.offload(compute)  # the node keeps serving meanwhile
     nb.send(reply_to, ("means", means, perms, inode, nb.tensors.stats()["mapped_bytes"]))

@@ -22,12 +22,15 @@ ROWS = (
     "memory/process (rss)",
     "ring of",
     "restart under one_for_one",
+    "ping-pong, receive(timeout=10)",
+    "nb.call, local GenServer",
+    "nb.call vs Erlang gen_server:call",
 )
 
 TRANSPORT_ROWS = tuple(
     (transport, bench)
     for transport in ("tcp ", "ipc ")
-    for bench in ("ping-pong", "one-way", "array")
+    for bench in ("ping-pong", "one-way", "array", "to (name, node)", "cast to a named GenServer")
 )
 
 
@@ -123,6 +126,15 @@ def test_quick_devices_benchmark_runs_and_prints_every_row() -> None:
         matching = [line for line in out.splitlines() if line.startswith(row)]
         assert matching, f"no {row!r} row in the benchmark output:\n{out}"
         assert any(r in matching[0] for r in ("PASS", "FAIL", "info")), matching[0]
+
+
+def test_quick_offload_benchmark_runs_and_prints_both_sides() -> None:
+    """The batched MLP service runs with nb.offload and with asyncio.to_thread, each in a fresh
+    interpreter, and the ratios are printed (a few seconds)."""
+    out = run_quick(BENCH.parent / "offload.py")
+    for row in ("asyncio.to_thread (default BLAS)", "nb.offload (node defaults)"):
+        assert any(line.startswith(row) for line in out.splitlines()), out
+    assert "throughput nb.offload / to_thread:" in out and "p99 to_thread / nb.offload:" in out
 
 
 def test_quick_serving_benchmark_runs_and_prints_every_row() -> None:

@@ -94,6 +94,18 @@ def test_package_logger_has_a_null_handler() -> None:
     assert any(isinstance(h, logging.NullHandler) for h in handlers)
 
 
+def test_offload_signature_is_the_contract() -> None:
+    """`nb.offload(fn, /, *args, **kwargs)`: other packages (serving) call it this way."""
+    params = list(inspect.signature(nb.offload).parameters.values())
+    kinds = [(p.name, p.kind) for p in params]
+    assert kinds == [
+        ("fn", inspect.Parameter.POSITIONAL_ONLY),
+        ("args", inspect.Parameter.VAR_POSITIONAL),
+        ("kwargs", inspect.Parameter.VAR_KEYWORD),
+    ]
+    assert inspect.iscoroutinefunction(nb.offload)
+
+
 def test_serving_is_a_namespace_whose_classes_are_also_flattened() -> None:
     # nb.serving.run / run_batch / stats are called through the namespace, as nb.pg.* are.
     assert {"run", "run_batch", "stats", "Serving", "Overloaded"} <= set(nb.serving.__all__)

@@ -126,6 +126,7 @@ _HEADERS = [bytes((0x90 | n,)) for n in range(16)]  # arrays of up to 15 items
 # Operations (the first element of each item in a batch).
 OP_SEND, OP_SEND_NAME, OP_LINK, OP_UNLINK, OP_EXIT, OP_MONITOR, OP_DEMONITOR = range(7)
 OP_DOWN, OP_SPAWN, OP_REPLY, OP_NODES, OP_BYE = range(7, 12)
+OP_CAST_NAME = 12  # [op, name, request]: nb.cast to (name, node), delivered as a $gen_cast
 OP_USER = 20  # first code for registered handlers (global names, process groups)
 OP_CUDA_RELEASE = 40  # [op, payload]: an importer let go of CUDA buffers (numbeam.gpu._cuda)
 
@@ -505,9 +506,17 @@ class Distribution:
             self._enqueue(peer, [OP_SEND, dest.id, dest.creation, msg])
 
     def send_name(self, name: str, node: str, msg: Any) -> None:
-        peer = self._peer(parse_node_name(node).name)
+        # The hot path: `node` is a connected node's real name, so no parsing.
+        peer = self.peers.get(node) or self._peer(parse_node_name(node).name)
         if peer is not None:
             self._enqueue(peer, [OP_SEND_NAME, name, msg])
+
+    def cast_name(self, name: str, node: str, request: Any) -> None:
+        """`nb.cast` to ``(name, node)``: the receiver builds ``("$gen_cast", request)``, one
+        tuple less to encode and decode per cast."""
+        peer = self.peers.get(node) or self._peer(parse_node_name(node).name)
+        if peer is not None:
+            self._enqueue(peer, [OP_CAST_NAME, name, request])
 
     def reply(self, to: Pid, ref: Ref, value: Any) -> None:
         peer = self._peer(to.node)
@@ -1316,6 +1325,7 @@ class Distribution:
             return
         src = inc.name
         procs = self.rt._procs
+        names = self.rt._names
         deliver = self.rt._deliver
         for item in items:
             try:
@@ -1324,6 +1334,18 @@ class Distribution:
                     proc = procs.get(item[1])
                     if proc is not None and proc.pid.creation == item[2]:
                         deliver(proc, item[3])
+                        continue
+                elif type(item) is list and len(item) == 3:
+                    op = item[0]
+                    if op == OP_SEND_NAME:
+                        proc = names.get(item[1])  # (a str key; a bad one finds nothing)
+                        if proc is not None:
+                            deliver(proc, item[2])
+                        continue
+                    if op == OP_CAST_NAME:
+                        proc = names.get(item[1])
+                        if proc is not None:
+                            deliver(proc, ("$gen_cast", item[2]))
                         continue
                 self._dispatch(src, item)
             except Exception as e:
@@ -1376,10 +1398,14 @@ class Distribution:
             proc = rt._names.get(item[1])
             if proc is not None:
                 rt._deliver(proc, item[2])
+        elif op == OP_CAST_NAME:
+            proc = rt._names.get(item[1])
+            if proc is not None:
+                rt._deliver(proc, ("$gen_cast", item[2]))
         elif op == OP_REPLY:
             proc = self._local(src, item, item[1], item[2])
-            if proc is not None and proc is not _HELD and proc.aliases and item[3] in proc.aliases:
-                rt._deliver(proc, (item[3], item[4]))
+            if proc is not None and proc is not _HELD:
+                rt._reply(proc, item[3], item[4])  # only while the caller still waits
         elif op == OP_LINK:
             sender = _pid(item[1])
             proc = self._local(src, item, item[2], item[3])

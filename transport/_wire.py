@@ -454,6 +454,15 @@ class Encoder:
         try:
             if obj.__class__ is tuple:  # most messages: spare the packer a call into the hook
                 return self._pack([_T_TUPLE, *obj])
+            if obj.__class__ is list and obj and obj[-1].__class__ is tuple:
+                # A node's operation, its message (last) a tuple: the same spared call. The
+                # list is put back as it was before anything else looks at it.
+                last = obj[-1]
+                obj[-1] = [_T_TUPLE, *last]
+                try:
+                    return self._pack(obj)
+                finally:
+                    obj[-1] = last
             return self._pack(obj)
         except (TypeError, ValueError, OverflowError, BufferError, RecursionError) as exc:
             del frames[start:]
