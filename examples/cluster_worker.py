@@ -8,6 +8,7 @@ module, so both sides agree on what the function is.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 
