@@ -744,6 +744,17 @@ def main(argv: list[str] | None = None) -> int:
     t0 = perf_counter()
     rows = run_all(sizes, set(a.only or BENCHMARKS))
     print_table(rows)
+    if a.only is None:
+        # What telemetry costs (bench/telemetry.py's rows): ping-pong and spawn/exit with a
+        # handler detached again and with one attached to process spawn and exit, over plain.
+        import telemetry
+
+        n_pp, n_spawn, repeats = (10_000, 5_000, 1) if a.quick else (100_000, 50_000, 6)
+        print()
+        _report.print_table(
+            ["telemetry", "plain", "this side", "ratio", "result"],
+            nb.run(telemetry.main, n_pp, n_spawn, repeats),
+        )
     print(f"\n({perf_counter() - t0:.1f} s)")
     if a.strict and any(r.result == "FAIL" for r in rows):
         return 1

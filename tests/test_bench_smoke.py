@@ -25,6 +25,9 @@ ROWS = (
     "ping-pong, receive(timeout=10)",
     "nb.call, local GenServer",
     "nb.call vs Erlang gen_server:call",
+    "ping-pong (10k), telemetry detached",
+    "ping-pong (10k), telemetry attached",
+    "spawn/exit (5k), telemetry attached",
 )
 
 TRANSPORT_ROWS = tuple(
