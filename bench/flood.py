@@ -38,7 +38,7 @@ import msgpack
 import zmq
 from numbeam.transport._cookie import new_nonce
 from numbeam.transport._gate import credentials
-from numbeam.transport._node import MAGIC
+from numbeam.transport._ops import MAGIC
 
 import numbeam as nb
 

@@ -38,7 +38,7 @@ from numbeam.actors._types import Pid, Ref
 if TYPE_CHECKING:
     from numbeam.actors._runtime import Runtime
 
-    from ._node import Distribution
+    from ._hooks import DistributionHooks
 
 __all__ = [
     "GlobalNames",
@@ -108,9 +108,9 @@ class _Request:
 class GlobalNames:
     """One node's replica of the global name table, its locks and its requests in progress."""
 
-    def __init__(self, rt: Runtime, dist: Distribution | None = None) -> None:
+    def __init__(self, rt: Runtime, dist: DistributionHooks | None = None) -> None:
         self.rt = rt
-        self.dist = dist if dist is not None else rt.dist
+        self.dist: DistributionHooks | None = dist if dist is not None else rt.dist
         # name -> candidate pids, least first: the first is the registered one. More than one
         # only while a clash between partitions is being resolved.
         self.entries: dict[str, list[Pid]] = {}
@@ -505,7 +505,7 @@ def _check_entry(home: str, name: Any, pid: Any) -> None:
 # ---- installing and the public functions ---------------------------------------------------
 
 
-def install(rt: Runtime, dist: Distribution | None = None) -> GlobalNames:
+def install(rt: Runtime, dist: DistributionHooks | None = None) -> GlobalNames:
     """Give the runtime `rt` its global name table, hooked into `dist` (default ``rt.dist``).
 
     The distribution layer calls it when it is created, before any connection can come up, so

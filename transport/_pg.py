@@ -28,7 +28,7 @@ from numbeam.actors._types import Pid, Ref
 if TYPE_CHECKING:
     from numbeam.actors._runtime import Runtime
 
-    from ._node import Distribution
+    from ._hooks import DistributionHooks
 
 __all__ = [
     "Join",
@@ -76,9 +76,9 @@ class Leave:
 class ProcessGroups:
     """One node's view of every process group, and the monitors of its processes."""
 
-    def __init__(self, rt: Runtime, dist: Distribution | None = None) -> None:
+    def __init__(self, rt: Runtime, dist: DistributionHooks | None = None) -> None:
         self.rt = rt
-        self.dist = dist if dist is not None else rt.dist
+        self.dist: DistributionHooks | None = dist if dist is not None else rt.dist
         self.local: dict[Hashable, list[Pid]] = {}  # this node's members, repeats included
         self.remote: dict[str, dict[Hashable, list[Pid]]] = {}  # node -> its members
         self.joined: dict[Pid, list[Hashable]] = {}  # local pid -> its groups, repeats included
@@ -274,7 +274,7 @@ def _check_group(group: Any) -> None:
 # ---- installing and the public functions ---------------------------------------------------
 
 
-def install(rt: Runtime, dist: Distribution | None = None) -> ProcessGroups:
+def install(rt: Runtime, dist: DistributionHooks | None = None) -> ProcessGroups:
     """Give the runtime `rt` its process groups, hooked into `dist` (default ``rt.dist``).
 
     The distribution layer calls it when it is created, before any connection can come up, so

@@ -14,7 +14,7 @@ import zmq.asyncio
 from conftest import node_runtime
 from numbeam.transport._cookie import new_nonce, sign
 from numbeam.transport._gate import ZAP_ENDPOINT, credentials
-from numbeam.transport._node import (
+from numbeam.transport._ops import (
     MAGIC,
     MAX_HELD,
     OP_EXIT,
@@ -22,8 +22,8 @@ from numbeam.transport._node import (
     OP_SEND,
     OP_SPAWN,
     SLOT_SHIFT,
-    _array_header,
 )
+from numbeam.transport._outgoing import _array_header
 from numbeam.transport._wire import Encoder
 
 import numbeam as nb

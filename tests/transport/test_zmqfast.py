@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 import zmq
-from numbeam.transport import _node
+from numbeam.transport import _sockets
 
 HERE = Path(__file__).resolve().parent
-fast = _node._fast
+fast = _sockets._fast
 needs_fast = pytest.mark.skipif(fast is None, reason="the C extension is not built here")
 
 
