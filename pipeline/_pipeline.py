@@ -29,7 +29,6 @@ fetched and not yet acknowledged items never exceed the sum of the two.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import inspect
 import logging
 import math
@@ -297,16 +296,9 @@ def _class_ref(cls: type[Pipeline]) -> str:
 def _resolve_class(ref: Any) -> type[Pipeline]:
     if isinstance(ref, type):
         return ref
-    from numbeam.transport import _node
+    from numbeam.transport._node import import_path
 
-    module, _, qualname = ref.partition(":")
-    obj: Any
-    if module == "__main__" and _node.main_loader is not None:
-        obj = _node.main_loader()
-    else:
-        obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    obj = import_path(*ref.partition(":")[::2])
     if not (isinstance(obj, type) and issubclass(obj, Pipeline)):
         raise TypeError(f"{ref} is not an nb.Pipeline subclass")
     return obj
@@ -661,6 +653,21 @@ class _Coordinator:
 
     # -- moving items
 
+    def _hand(self, q: deque[_Chunk], st: _Stage) -> tuple[int, _Chunk, int]:
+        """The next chunk of `q`, cut to what `st` may still take (the rest stays first in
+        `q`), now held by `st` under a new id: (id, chunk, its item count)."""
+        ch = q.popleft()
+        n = len(ch.items)
+        if n > st.free:
+            ch, rest = ch.split(st.free)
+            q.appendleft(rest)
+            n = st.free
+        cid = self.next_id
+        self.next_id += 1
+        st.held[cid] = ch
+        st.free -= n
+        return cid, ch, n
+
     def dispatch(self) -> None:
         queue, ready, procs = self.queue, self.ready, self.procs
         while queue and ready:
@@ -671,17 +678,8 @@ class _Coordinator:
                 if st is not None:
                     st.ready = False
                 continue
-            ch = queue.popleft()
-            n = len(ch.items)
-            if n > st.free:
-                ch, rest = ch.split(st.free)
-                queue.appendleft(rest)
-                n = st.free
+            cid, ch, n = self._hand(queue, st)
             self.queued -= n
-            cid = self.next_id
-            self.next_id += 1
-            st.held[cid] = ch
-            st.free -= n
             self.free_total -= n
             self.in_procs += n
             send(pid, ("$pl_items", cid, ch.items))
@@ -694,17 +692,8 @@ class _Coordinator:
         if waiting and self.batchers:
             for pid, b in self.batchers.items():
                 while waiting and b.free > 0:
-                    ch = waiting.popleft()
-                    n = len(ch.items)
-                    if n > b.free:
-                        ch, rest = ch.split(b.free)
-                        waiting.appendleft(rest)
-                        n = b.free
+                    cid, ch, n = self._hand(waiting, b)
                     self.n_waiting -= n
-                    cid = self.next_id
-                    self.next_id += 1
-                    b.held[cid] = ch
-                    b.free -= n
                     self.in_batch += n
                     b.ready = False
                     send(pid, ("$pl_batch", cid, ch.values))
