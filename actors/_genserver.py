@@ -19,7 +19,6 @@ as the reason (and a crash report). An exit signal from the parent (the process 
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import logging
 from collections import deque
@@ -265,15 +264,9 @@ async def _serve_remote(
     ack: Ref,
 ) -> None:
     """A server started from another node: find its class by module path, then serve."""
-    from numbeam.transport import _node
+    from numbeam.transport._node import import_path
 
-    obj: Any
-    if module == "__main__" and _node.main_loader is not None:
-        obj = _node.main_loader()
-    else:
-        obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    obj = import_path(module, qualname)
     if not (isinstance(obj, type) and issubclass(obj, GenServer)):
         raise TypeError(f"{module}:{qualname} is not a GenServer subclass")
     _current.get().fn = obj  # crash reports and process_info name the server class

@@ -20,7 +20,6 @@ killed and every caller waiting on it gets `nb.CallError` from its monitor.
 from __future__ import annotations
 
 import collections
-import importlib
 import inspect
 import itertools
 import logging
@@ -70,16 +69,9 @@ def _resolve(predict: Any) -> Callable[..., Any]:
     """`predict` itself, or the function a ``"module:qualname"`` string names."""
     if callable(predict):
         return predict  # type: ignore[no-any-return]
-    module, _, qualname = predict.partition(":")
-    from numbeam.transport import _node
+    from numbeam.transport._node import import_path
 
-    obj: Any
-    if module == "__main__" and _node.main_loader is not None:  # a device worker
-        obj = _node.main_loader()
-    else:
-        obj = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
+    obj = import_path(*predict.partition(":")[::2])
     if not callable(obj):
         raise TypeError(f"nb.Serving: {predict!r} is not callable")
     return obj  # type: ignore[no-any-return]

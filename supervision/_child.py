@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import importlib
 import logging
 import math
 import time
@@ -211,16 +210,9 @@ def from_wire(data: Any) -> Child:
         return data
     if not isinstance(data, dict) or not isinstance(data.get("$child"), str):
         raise TypeError(f"expected an nb.Child, got {data!r}")
-    from numbeam.transport import _node
+    from numbeam.transport._node import import_path
 
-    module, _, qualname = data["$child"].partition(":")
-    start: Any
-    if module == "__main__" and _node.main_loader is not None:
-        start = _node.main_loader()
-    else:
-        start = importlib.import_module(module)
-    for part in qualname.split("."):
-        start = getattr(start, part)
+    start = import_path(*data["$child"].partition(":")[::2])
     fields = {k: v for k, v in data.items() if k != "$child"}
     fields["args"] = tuple(fields.get("args", ()))
     return Child(start, **fields)

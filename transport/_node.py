@@ -701,15 +701,22 @@ main_loader: Callable[[], Any] | None = None
 preset_listen_fd: int | None = None
 
 
+def import_path(module: str, qualname: str) -> Any:
+    """The object ``module:qualname`` names (the inverse of `_function_path`): imported, or in
+    a device worker for ``__main__``, from its parent's script. ImportError, AttributeError."""
+    obj: Any
+    if module == "__main__" and main_loader is not None:
+        obj = main_loader()
+    else:
+        obj = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
 async def _remote_main(module: str, qualname: str, args: tuple[Any, ...]) -> Any:
     """The body of a remotely spawned process: import the function, then run it."""
-    fn: Any
-    if module == "__main__" and main_loader is not None:
-        fn = main_loader()
-    else:
-        fn = importlib.import_module(module)
-    for part in qualname.split("."):
-        fn = getattr(fn, part)
+    fn = import_path(module, qualname)
     if not inspect.iscoroutinefunction(fn):
         raise TypeError(f"{module}:{qualname} is not an async function")
     return await fn(*args)
