@@ -24,7 +24,6 @@ import asyncio
 import logging
 import os
 import runpy
-import signal
 import sys
 import traceback
 from collections.abc import Sequence
@@ -34,6 +33,7 @@ from typing import Any
 import zmq
 
 import numbeam as nb
+from numbeam._cli_support import connect_within, until_signalled
 
 DEMO = Path(__file__).resolve().parent.parent / "examples" / "supervised_pool.py"
 
@@ -119,28 +119,7 @@ async def _serve(join: str | None = None) -> None:
     """Announce the node, then wait for SIGINT or SIGTERM; returning stops the node cleanly."""
     if join is not None:  # --join SPEC: keep connected to the nodes it names (a bad one: exit 1)
         nb.cluster.join(join)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except NotImplementedError:  # no loop signal handlers (Windows): Ctrl-C still stops it
-            continue
-        installed.append(sig)
-    try:
-        print(f"numbeam node {nb.node()} ready", flush=True)
-        await stop.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
-async def _ping(name: str, timeout: float) -> bool:
-    try:
-        return await asyncio.wait_for(nb.connect(name), timeout)
-    except TimeoutError:
-        return False
+    await until_signalled(lambda: print(f"numbeam node {nb.node()} ready", flush=True))
 
 
 def _report(command: str, error: BaseException, verbose: bool) -> None:
@@ -289,7 +268,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         throwaway = f"ping{os.getpid()}@127.0.0.1:0"
-        ok = nb.run(_ping, args.name, args.timeout, node=throwaway, devices=[], **options)
+        ok = nb.run(connect_within, args.name, args.timeout, node=throwaway, devices=[], **options)
     except _STARTUP_ERRORS as e:
         _report("ping", e, args.verbose)
         return 2

@@ -16,40 +16,16 @@ import contextlib
 import importlib
 import inspect
 import secrets
-import signal
 import sys
 import traceback
 from typing import Any
 
 import numbeam as nb
+from numbeam._cli_support import connect_within, until_signalled
 
 __all__ = ["observe", "remsh", "rpc"]
 
 RPC_TIMEOUT = 10.0
-
-
-async def _wait_for_signal() -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    installed = []
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except NotImplementedError:
-            continue
-        installed.append(sig)
-    try:
-        await stop.wait()
-    finally:
-        for sig in installed:
-            loop.remove_signal_handler(sig)
-
-
-async def _join(target: str, timeout: float) -> bool:
-    try:
-        return await asyncio.wait_for(nb.connect(target), timeout)
-    except TimeoutError:
-        return False
 
 
 async def observe(target: str, timeout: float) -> int:
@@ -57,13 +33,13 @@ async def observe(target: str, timeout: float) -> int:
     SIGINT or SIGTERM."""
     from numbeam.actors._runtime import _rt
 
-    if not await _join(target, timeout):
+    if not await connect_within(target, timeout):
         print(f"numbeam observer: cannot connect to {target}", file=sys.stderr)
         return 1
     obs = _rt().observer
     obs.seeds.append(target)
     print(f"numbeam observer {obs.url} watching {target}", flush=True)
-    await _wait_for_signal()
+    await until_signalled()
     return 0
 
 
@@ -133,7 +109,7 @@ async def _read_line(prompt: str) -> str:
 async def remsh(target: str, timeout: float) -> int:
     """The ``numbeam remsh`` node's main: connect, then read, evaluate (awaiting what needs
     it) and print, until end of input or ``exit()``."""
-    if not await _join(target, timeout):
+    if not await connect_within(target, timeout):
         print(f"numbeam remsh: cannot connect to {target}", file=sys.stderr)
         return 1
 
