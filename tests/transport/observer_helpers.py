@@ -17,3 +17,10 @@ async def register_and_wait(report_to: nb.Pid, name: str) -> None:
     nb.register(name, nb.self())
     nb.send(report_to, ("registered", nb.self()))
     await nb.receive(lambda m: False)
+
+
+async def report_nodes_with(report_to: nb.Pid, peer: str) -> None:
+    """`report_nodes` once this node's side of its connection to `peer` is up too: the node
+    that connected sees the connection up a moment before the node it connected to."""
+    await nb.connect(peer)
+    await report_nodes(report_to)

@@ -11,8 +11,12 @@ from conftest import T, node_runtime
 import numbeam as nb
 
 
-async def nodes_of(node: str) -> list[str]:
-    nb.spawn("observer_helpers:report_nodes", nb.self(), node=node)
+async def nodes_of(node: str, *peer: str) -> list[str]:
+    """`node`'s `nb.nodes()`; with `peer`, once its side of its connection to `peer` is up."""
+    if peer:
+        nb.spawn("observer_helpers:report_nodes_with", nb.self(), *peer, node=node)
+    else:
+        nb.spawn("observer_helpers:report_nodes", nb.self(), node=node)
     msg = await nb.receive(lambda m: m[:2] == ("nodes", node), timeout=T)
     return msg[2]  # type: ignore[no-any-return]
 
@@ -27,6 +31,6 @@ async def test_a_hidden_node_is_listed_by_nobody_and_introduced_to_nobody(nodes:
         assert await nodes_of(b.name) == [c.name]  # not us
         assert nb.nodes() == [b.name]  # we did not meet c
         # Connecting to c ourselves works (a spawn there connects), and c does not list us.
-        assert await nodes_of(c.name) == [b.name]
+        assert await nodes_of(c.name, b.name) == [b.name]
         assert sorted(nb.nodes()) == sorted([b.name, c.name])
         assert await nodes_of(b.name) == [c.name]
